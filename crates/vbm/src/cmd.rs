@@ -1,0 +1,4 @@
+//! One module per top-level command. Every `run` returns the process exit code it wants, or an
+//! error that `output::finish` reports and turns into exit code 1.
+
+pub(crate) mod version;
