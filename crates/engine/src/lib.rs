@@ -8,3 +8,9 @@
 //! It must not know about HTTP servers, databases, schedules, users or notifications: the service
 //! (`vbm-server`) and the CLI call the same library functions and receive progress through an
 //! injected handle.
+
+pub mod plan;
+pub mod progress;
+pub mod vmx;
+
+pub use progress::{Level, Meter, NoProgress, Phase, ProgressEvent, ProgressSink};
