@@ -9,3 +9,52 @@
 //!
 //! It must not know about backups, repositories, jobs or anything vbm does with the data: no
 //! dependency on `vbm-repo`, `vbm-engine` or `vbm-server`.
+//!
+//! ## Layers
+//! - [`soap`]: envelope, the [`Transport`] seam (one round trip), fault decoding; `xml` (private)
+//!   parses responses namespace-aware and writes requests in WSDL order.
+//! - [`fault`] / [`error`]: typed faults and the crate's [`Error`] with [`Error::is_retryable`].
+//! - [`client`] / [`session`]: connect, TLS trust ([`tls`]), Login/Logout, transparent re-login,
+//!   timeouts and retries. One [`Client`] is `Clone + Send + Sync` and shared across tasks.
+//! - [`property_collector`] (private): RetrievePropertiesEx with paging and container views.
+//! - Object helpers: [`task`], [`inventory`], [`virtual_machine`], [`virtual_disk`], [`snapshot`],
+//!   [`cbt`] (QueryChangedDiskAreas), [`datastore`] (`/folder` transfers, directories), [`vmdk`].
+
+pub mod cbt;
+pub mod client;
+pub mod datastore;
+pub mod error;
+pub mod fault;
+pub mod inventory;
+mod property_collector;
+pub mod session;
+pub mod snapshot;
+pub mod soap;
+pub mod task;
+pub mod tls;
+pub mod types;
+pub mod virtual_disk;
+pub mod virtual_machine;
+pub mod vmdk;
+mod xml;
+
+#[cfg(test)]
+mod fake;
+
+pub use cbt::DiskExtent;
+pub use client::{Client, ClientConfig, ConnectOptions, RetryPolicy, Secret};
+pub use datastore::{ByteStream, DatastoreFile, DirEntry};
+pub use error::{Error, Result};
+pub use fault::{Fault, FaultKind};
+pub use inventory::{
+    ComputeResource, Datacenter, Datastore, Host, Inventory, ResourcePool, VmFolder,
+};
+pub use session::{AboutInfo, ServiceContent, UserSession};
+pub use snapshot::{Snapshot, SnapshotSpec, SnapshotTree};
+pub use soap::{SoapRequest, SoapResponse, Transport};
+pub use task::{TaskInfo, TaskState, WaitOptions};
+pub use tls::{Thumbprint, ThumbprintAlgorithm, Trust};
+pub use types::{ChangeId, DatastorePath, MoRef, decode_name, encode_name};
+pub use virtual_disk::{BackingFile, DiskMode, VirtualDisk};
+pub use virtual_machine::{PowerState, Vm, VmFile, VmQuestion, VmRef};
+pub use vmdk::{Descriptor, Extent, NewDescriptor};

@@ -1,0 +1,831 @@
+//! Datastore files over the `/folder` HTTP endpoint (GET with Range and resume, streaming PUT,
+//! DELETE, HEAD) and through the SOAP API (MakeDirectory, DeleteDatastoreFile, directory
+//! listings with sizes).
+//!
+//! Downloads are async byte streams that check every response: a ranged read must answer `206`
+//! with exactly the requested `Content-Range` (a `200` is accepted only for a whole-file read
+//! from offset 0), a body that ends early is a truncation, and a broken or stalled connection
+//! resumes from the last byte received with a new ranged request, a bounded number of times
+//! (N2, N3, N4). Nothing is ever padded or silently shortened.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Serialize;
+
+use crate::client::{CallKind, Client};
+use crate::error::{Error, Result};
+use crate::fault::FaultKind;
+use crate::property_collector::PropertySpec;
+use crate::soap::{self, Http};
+use crate::types::{DatastorePath, MoRef};
+use crate::xml::Writer;
+
+/// A stream of bytes from a datastore file.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// Everything except RFC 3986 unreserved characters is encoded, in path segments and query
+/// values alike: spaces, `#`, `&`, `+`, `%`, `=`, `?`, `/` inside a value, non-ASCII (as UTF-8).
+const STRICT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A file on a datastore, addressable over `/folder`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DatastoreFile {
+    /// The datacenter's `dcPath` (`Folder1/DC0`); `None` on a standalone ESXi (`ha-datacenter`).
+    pub datacenter_path: Option<String>,
+    /// `[ds] dir/file`.
+    pub path: DatastorePath,
+}
+
+impl DatastoreFile {
+    /// A file in a datacenter.
+    pub fn new(datacenter_path: impl Into<String>, path: DatastorePath) -> Self {
+        Self {
+            datacenter_path: Some(datacenter_path.into()),
+            path,
+        }
+    }
+
+    /// `/folder/<path>?dcPath=…&dsName=…` below `origin` (`https://host[:port]/`), with every
+    /// path segment and query value percent-encoded.
+    pub fn url(&self, origin: &url::Url) -> String {
+        let mut out = String::new();
+        out.push_str(origin.as_str().trim_end_matches('/'));
+        out.push_str("/folder");
+        for segment in self.path.path.split('/').filter(|s| !s.is_empty()) {
+            out.push('/');
+            out.extend(utf8_percent_encode(segment, STRICT));
+        }
+        out.push('?');
+        if let Some(dc) = &self.datacenter_path {
+            out.push_str("dcPath=");
+            out.extend(utf8_percent_encode(dc, STRICT));
+            out.push('&');
+        }
+        out.push_str("dsName=");
+        out.extend(utf8_percent_encode(&self.path.datastore, STRICT));
+        out
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirEntry {
+    /// The entry's name (relative to the listed directory).
+    pub name: String,
+    /// Its full datastore path.
+    pub path: DatastorePath,
+    /// Size in bytes (0 for folders).
+    pub size: u64,
+    /// The FileInfo subtype: `FolderFileInfo`, `VmDiskFileInfo`, `VmConfigFileInfo`, `FileInfo`, …
+    pub kind: String,
+    /// Modification time as the server wrote it.
+    pub modified: Option<String>,
+}
+
+impl DirEntry {
+    /// Whether this entry is a directory.
+    pub fn is_folder(&self) -> bool {
+        self.kind == "FolderFileInfo"
+    }
+}
+
+/// Parses `bytes a-b/total` (total may be `*`).
+fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    let a = a.trim().parse().ok()?;
+    let b = b.trim().parse().ok()?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    (a <= b).then_some((a, b, total))
+}
+
+/// An open response body and how many bytes it must deliver.
+struct Opened {
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    /// Absolute end (exclusive) this body must reach.
+    end: Option<u64>,
+}
+
+/// State of a resumable download.
+struct Download {
+    client: Client,
+    http: Arc<Http>,
+    url: String,
+    label: String,
+    /// First byte requested.
+    start: u64,
+    /// Next byte we want.
+    next: u64,
+    /// End (exclusive), once known.
+    end: Option<u64>,
+    /// Whether the caller asked for a range (vs. the whole file).
+    ranged: bool,
+    body: Option<Opened>,
+    resumes_left: u32,
+    retry: u32,
+    finished: bool,
+}
+
+impl Download {
+    fn expected(&self) -> u64 {
+        self.end.map_or(0, |e| e - self.start)
+    }
+
+    async fn open(&mut self) -> Result<Opened> {
+        let whole = !self.ranged && self.next == 0;
+        let mut relogged = false;
+        loop {
+            let mut request = self.http.client.get(&self.url);
+            if let Some(cookie) = self.http.cookie.header() {
+                request = request.header(reqwest::header::COOKIE, cookie);
+            }
+            let range_end = self.end;
+            if !whole {
+                let value = match range_end {
+                    Some(end) => format!("bytes={}-{}", self.next, end - 1),
+                    None => format!("bytes={}-", self.next),
+                };
+                request = request.header(reqwest::header::RANGE, value);
+            }
+            let idle = self.client.config().transfer_idle_timeout;
+            let response = match tokio::time::timeout(idle, request.send()).await {
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        context: format!("GET {}", self.label),
+                        after: idle,
+                    });
+                }
+                Ok(Err(e)) => {
+                    return Err(self
+                        .http
+                        .map_error(&e, &format!("GET {}", self.label), idle));
+                }
+                Ok(Ok(r)) => r,
+            };
+            let status = response.status().as_u16();
+            if (status == 401 || status == 403) && !relogged && !self.client.is_logged_out() {
+                // The session behind the cookie expired (N8): log in again and repeat.
+                relogged = true;
+                let generation = self.client.login_count();
+                self.client.relogin(generation).await?;
+                continue;
+            }
+            let headers = response.headers().clone();
+            let length = response.content_length();
+            let end = match status {
+                206 => {
+                    let content_range = headers
+                        .get(reqwest::header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_content_range)
+                        .ok_or_else(|| Error::BadRange {
+                            file: self.label.clone(),
+                            message: "206 without a valid Content-Range".into(),
+                        })?;
+                    let (a, b, _total) = content_range;
+                    let wanted_end = range_end.map(|e| e - 1);
+                    if whole || a != self.next || wanted_end.is_some_and(|w| w != b) {
+                        return Err(Error::BadRange {
+                            file: self.label.clone(),
+                            message: format!(
+                                "asked for bytes {}-{}, got Content-Range bytes {a}-{b}",
+                                self.next,
+                                wanted_end.map_or_else(String::new, |w| w.to_string())
+                            ),
+                        });
+                    }
+                    Some(b + 1)
+                }
+                200 if whole => length,
+                200 => {
+                    return Err(Error::BadRange {
+                        file: self.label.clone(),
+                        message: format!(
+                            "server ignored the Range request for bytes {}- (HTTP 200)",
+                            self.next
+                        ),
+                    });
+                }
+                416 => {
+                    return Err(Error::BadRange {
+                        file: self.label.clone(),
+                        message: format!(
+                            "range starting at {} not satisfiable (beyond the end of the file?)",
+                            self.next
+                        ),
+                    });
+                }
+                _ => {
+                    let message = response
+                        .text()
+                        .await
+                        .map(|t| t.chars().take(200).collect())
+                        .unwrap_or_default();
+                    return Err(Error::Http {
+                        context: format!("GET {}", self.label),
+                        status,
+                        message,
+                        retry_after: soap::retry_after(&headers),
+                    });
+                }
+            };
+            return Ok(Opened {
+                body: Box::pin(response.bytes_stream()),
+                end,
+            });
+        }
+    }
+
+    /// The next chunk, resuming as needed. `None` at the end.
+    async fn next_chunk(&mut self) -> Option<Result<Bytes>> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            if self.end.is_some_and(|e| self.next >= e) {
+                self.finished = true;
+                return None;
+            }
+            if self.body.is_none() {
+                match self.open().await {
+                    Ok(opened) => {
+                        if self.end.is_none() {
+                            self.end = opened.end;
+                        }
+                        self.body = Some(opened);
+                    }
+                    Err(err) => {
+                        if err.is_retryable() && self.resumes_left > 0 {
+                            self.back_off(&err).await;
+                            continue;
+                        }
+                        self.finished = true;
+                        return Some(Err(err));
+                    }
+                }
+            }
+            let idle = self.client.config().transfer_idle_timeout;
+            let Some(opened) = self.body.as_mut() else {
+                continue;
+            };
+            let failure = match tokio::time::timeout(idle, opened.body.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    let len = chunk.len() as u64;
+                    if self.end.is_some_and(|e| self.next + len > e) {
+                        self.finished = true;
+                        return Some(Err(Error::BadRange {
+                            file: self.label.clone(),
+                            message: format!(
+                                "server sent more than the {} bytes requested",
+                                self.expected()
+                            ),
+                        }));
+                    }
+                    self.next += len;
+                    return Some(Ok(chunk));
+                }
+                Ok(None) => match self.end {
+                    // A body without a known length ends where it ends.
+                    None => {
+                        self.finished = true;
+                        return None;
+                    }
+                    Some(end) if self.next >= end => {
+                        self.finished = true;
+                        return None;
+                    }
+                    Some(_) => Error::Truncated {
+                        file: self.label.clone(),
+                        got: self.next - self.start,
+                        expected: self.expected(),
+                    },
+                },
+                Ok(Some(Err(e))) => Error::Network {
+                    context: format!("GET {}", self.label),
+                    message: soap::error_chain(&e),
+                },
+                Err(_) => Error::Timeout {
+                    context: format!("reading {}", self.label),
+                    after: idle,
+                },
+            };
+            self.body = None;
+            // Resuming needs to know where the file ends; without a length we cannot tell a
+            // short body from a complete one.
+            if self.end.is_some() && self.resumes_left > 0 {
+                tracing::warn!(file = %self.label, offset = self.next, error = %failure, "download interrupted; resuming");
+                self.back_off(&failure).await;
+                continue;
+            }
+            self.finished = true;
+            let failure = match failure {
+                Error::Network { .. } if self.end.is_some() => Error::Truncated {
+                    file: self.label.clone(),
+                    got: self.next - self.start,
+                    expected: self.expected(),
+                },
+                other => other,
+            };
+            return Some(Err(failure));
+        }
+    }
+
+    async fn back_off(&mut self, err: &Error) {
+        self.resumes_left -= 1;
+        let retry_after = match err {
+            Error::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        let delay = self.client.config().retry.delay(self.retry, retry_after);
+        self.retry += 1;
+        tokio::time::sleep(delay).await;
+    }
+}
+
+impl Client {
+    fn download(
+        &self,
+        file: &DatastoreFile,
+        start: u64,
+        end: Option<u64>,
+        ranged: bool,
+    ) -> Result<ByteStream> {
+        let http = self.http()?.clone();
+        let url = file.url(&http.origin);
+        let state = Download {
+            client: self.clone(),
+            label: file.path.to_string(),
+            http,
+            url,
+            start,
+            next: start,
+            end,
+            ranged,
+            body: None,
+            resumes_left: self.config().transfer_resume_attempts,
+            retry: 0,
+            finished: false,
+        };
+        Ok(Box::pin(futures_util::stream::unfold(
+            state,
+            |mut state| async move { state.next_chunk().await.map(|item| (item, state)) },
+        )))
+    }
+
+    /// Streams `length` bytes of a file from `offset`. The stream yields exactly that many bytes
+    /// or ends with an error; broken connections resume from the last byte received.
+    ///
+    /// # Errors
+    /// Stream items: [`Error::BadRange`] (wrong status or Content-Range, beyond end of file),
+    /// [`Error::Truncated`] "truncated download (got X of Y bytes)" after the resume attempts,
+    /// [`Error::Timeout`] on a stall, [`Error::Http`] (404 for a missing file). Immediately:
+    /// [`Error::Unsupported`] on a client without the HTTP transport.
+    pub fn get_range(&self, file: &DatastoreFile, offset: u64, length: u64) -> Result<ByteStream> {
+        if length == 0 {
+            return Ok(Box::pin(futures_util::stream::empty()));
+        }
+        let end = offset
+            .checked_add(length)
+            .ok_or_else(|| Error::InvalidInput(format!("range {offset}+{length} overflows")))?;
+        self.download(file, offset, Some(end), true)
+    }
+
+    /// Streams a whole file (its length comes from the response; resumes like
+    /// [`Client::get_range`]).
+    ///
+    /// # Errors
+    /// As [`Client::get_range`].
+    pub fn get(&self, file: &DatastoreFile) -> Result<ByteStream> {
+        self.download(file, 0, None, false)
+    }
+
+    /// Reads a whole (small) file into memory: descriptors, `.vmx`, `.nvram`.
+    ///
+    /// # Errors
+    /// As [`Client::get`]; [`Error::InvalidInput`] when the file exceeds `limit` bytes.
+    pub async fn get_bytes(&self, file: &DatastoreFile, limit: usize) -> Result<Vec<u8>> {
+        let mut stream = self.get(file)?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if out.len() + chunk.len() > limit {
+                return Err(Error::InvalidInput(format!(
+                    "{} is larger than {limit} bytes",
+                    file.path
+                )));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// The file's size (HEAD).
+    ///
+    /// # Errors
+    /// [`Error::Http`] (404 for a missing file), transport errors.
+    pub async fn file_size(&self, file: &DatastoreFile) -> Result<u64> {
+        let response = self.simple_request(reqwest::Method::HEAD, file).await?;
+        response.content_length().ok_or_else(|| Error::Http {
+            context: format!("HEAD {}", file.path),
+            status: response.status().as_u16(),
+            message: "no Content-Length".into(),
+            retry_after: None,
+        })
+    }
+
+    /// Deletes a file over `/folder` (HTTP DELETE).
+    ///
+    /// # Errors
+    /// [`Error::Http`] (404 when it does not exist), transport errors.
+    pub async fn delete(&self, file: &DatastoreFile) -> Result<()> {
+        self.simple_request(reqwest::Method::DELETE, file)
+            .await
+            .map(|_| ())
+    }
+
+    /// A bodiless request with re-login on 401/403 and retries of transient failures.
+    async fn simple_request(
+        &self,
+        method: reqwest::Method,
+        file: &DatastoreFile,
+    ) -> Result<reqwest::Response> {
+        let http = self.http()?;
+        let url = file.url(&http.origin);
+        let context = format!("{method} {}", file.path);
+        let timeout = self.config().soap_timeout;
+        let policy = &self.config().retry;
+        let mut relogged = false;
+        let mut retry = 0;
+        loop {
+            let mut request = http.client.request(method.clone(), &url).timeout(timeout);
+            if let Some(cookie) = http.cookie.header() {
+                request = request.header(reqwest::header::COOKIE, cookie);
+            }
+            let result = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    if (status == 401 || status == 403) && !relogged && !self.is_logged_out() {
+                        relogged = true;
+                        let generation = self.login_count();
+                        self.relogin(generation).await?;
+                        continue;
+                    }
+                    if response.status().is_success() {
+                        return Ok(response);
+                    }
+                    let retry_after = soap::retry_after(response.headers());
+                    let message = response
+                        .text()
+                        .await
+                        .map(|t| t.chars().take(200).collect())
+                        .unwrap_or_default();
+                    Err(Error::Http {
+                        context: context.clone(),
+                        status,
+                        message,
+                        retry_after,
+                    })
+                }
+                Err(e) => Err(http.map_error(&e, &context, timeout)),
+            };
+            match result {
+                Err(err) if err.is_retryable() && retry + 1 < policy.max_attempts => {
+                    let retry_after = match &err {
+                        Error::Http { retry_after, .. } => *retry_after,
+                        _ => None,
+                    };
+                    tokio::time::sleep(policy.delay(retry, retry_after)).await;
+                    retry += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Uploads a whole file of `length` bytes from a stream, without buffering it: PUT with
+    /// `Content-Length`. The stream must yield exactly `length` bytes. Not retried (the stream is
+    /// consumed); the caller retries with a fresh stream when [`Error::is_retryable`] says so.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the stream yields more or fewer bytes than `length`;
+    /// [`Error::Timeout`] when nothing moves for the idle timeout; [`Error::Http`]; transport
+    /// errors.
+    pub async fn put<S, E>(&self, file: &DatastoreFile, length: u64, body: S) -> Result<()>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let http = self.http()?.clone();
+        // The upload cannot be replayed after a 401, so make sure the session is alive first.
+        self.keep_alive().await?;
+        let url = file.url(&http.origin);
+        let context = format!("PUT {}", file.path);
+        let progress = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        let tick = progress.clone();
+        let started = Instant::now();
+        let counted = body.map_err(Into::into).and_then(move |chunk: Bytes| {
+            let total =
+                counter.fetch_add(chunk.len() as u64, Ordering::AcqRel) + chunk.len() as u64;
+            tick.store(started.elapsed().as_millis() as u64, Ordering::Release);
+            async move {
+                if total > length {
+                    Err::<Bytes, Box<dyn std::error::Error + Send + Sync>>(
+                        format!("upload stream yielded more than the declared {length} bytes")
+                            .into(),
+                    )
+                } else {
+                    Ok(chunk)
+                }
+            }
+        });
+        let mut request = http
+            .client
+            .put(&url)
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(counted));
+        if let Some(cookie) = http.cookie.header() {
+            request = request.header(reqwest::header::COOKIE, cookie);
+        }
+        let idle = self.config().transfer_idle_timeout;
+        let send = request.send();
+        let watchdog = async {
+            loop {
+                tokio::time::sleep(idle / 4).await;
+                let last = Duration::from_millis(progress.load(Ordering::Acquire));
+                if started.elapsed().saturating_sub(last) > idle {
+                    return;
+                }
+            }
+        };
+        let response = tokio::select! {
+            r = send => r,
+            () = watchdog => return Err(Error::Timeout { context, after: idle }),
+        };
+        let uploaded = sent.load(Ordering::Acquire);
+        let response = response.map_err(|e| {
+            if uploaded != length {
+                Error::InvalidInput(format!(
+                    "upload of {} stopped after {uploaded} of {length} bytes: {}",
+                    file.path,
+                    soap::error_chain(&e)
+                ))
+            } else {
+                http.map_error(&e, &context, idle)
+            }
+        })?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let retry_after = soap::retry_after(response.headers());
+            let message = response
+                .text()
+                .await
+                .map(|t| t.chars().take(200).collect())
+                .unwrap_or_default();
+            return Err(Error::Http {
+                context,
+                status,
+                message,
+                retry_after,
+            });
+        }
+        if uploaded != length {
+            return Err(Error::InvalidInput(format!(
+                "upload stream of {} yielded {uploaded} bytes, declared {length}",
+                file.path
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates a directory (`FileManager.MakeDirectory`). An existing directory is success.
+    ///
+    /// # Errors
+    /// [`Error::Fault`] (FileFault, CannotCreateFile…), transport errors.
+    pub async fn make_directory(
+        &self,
+        path: &DatastorePath,
+        datacenter: Option<&MoRef>,
+        create_parents: bool,
+    ) -> Result<()> {
+        let file_manager = self
+            .service_content()?
+            .file_manager
+            .ok_or_else(|| Error::Unsupported("this server has no FileManager".into()))?;
+        let mut w = Writer::new();
+        // MakeDirectory: _this, name, datacenter?, createParentDirectories?.
+        w.moref("_this", &file_manager)
+            .text("name", &path.to_string())
+            .opt_moref("datacenter", datacenter)
+            .bool("createParentDirectories", create_parents);
+        match self
+            .invoke("MakeDirectory", &w.finish(), CallKind::Idempotent)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Fault { fault, .. }) if fault.type_name == "FileAlreadyExists" => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Deletes a file or directory through the API (`DeleteDatastoreFile_Task`), e.g. where HTTP
+    /// DELETE is not available.
+    ///
+    /// # Errors
+    /// [`Error::Fault`] (FileNotFound…), [`Error::TaskOutcomeUnknown`], transport errors.
+    pub async fn delete_datastore_file(
+        &self,
+        path: &DatastorePath,
+        datacenter: Option<&MoRef>,
+    ) -> Result<()> {
+        let file_manager = self
+            .service_content()?
+            .file_manager
+            .ok_or_else(|| Error::Unsupported("this server has no FileManager".into()))?;
+        let mut w = Writer::new();
+        w.moref("_this", &file_manager)
+            .text("name", &path.to_string())
+            .opt_moref("datacenter", datacenter);
+        let method = "DeleteDatastoreFile_Task";
+        let response = self
+            .invoke(method, &w.finish(), CallKind::Idempotent)
+            .await?;
+        let task = Self::task_moref(method, &response)?;
+        self.wait_for_task(&task, method, &self.default_wait())
+            .await
+            .map(|_| ())
+    }
+
+    /// Lists a directory with file sizes (`HostDatastoreBrowser.SearchDatastore_Task`).
+    ///
+    /// # Errors
+    /// [`Error::Fault`] (FileNotFound for a missing directory), transport errors.
+    pub async fn list_directory(
+        &self,
+        datastore: &MoRef,
+        dir: &DatastorePath,
+    ) -> Result<Vec<DirEntry>> {
+        let specs = [PropertySpec {
+            kind: "Datastore",
+            paths: &["browser"],
+        }];
+        let objects = self
+            .retrieve_objects(&specs, std::slice::from_ref(datastore))
+            .await?;
+        let browser = objects
+            .iter()
+            .find(|o| &o.obj == datastore)
+            .and_then(|o| o.moref("browser"))
+            .ok_or_else(|| Error::NotFound(format!("datastore browser of {datastore}")))?;
+        let mut w = Writer::new();
+        // SearchDatastore_Task: _this, datastorePath, searchSpec?;
+        // HostDatastoreBrowserSearchSpec: query*, details?, searchCaseInsensitive?, matchPattern*,
+        // sortFoldersFirst?; FileQueryFlags: fileType, fileSize, modification, fileOwner?.
+        w.moref("_this", &browser)
+            .text("datastorePath", &dir.to_string());
+        w.start("searchSpec")
+            .start("details")
+            .bool("fileType", true)
+            .bool("fileSize", true)
+            .bool("modification", true)
+            .bool("fileOwner", false)
+            .end("details")
+            .end("searchSpec");
+        let method = "SearchDatastore_Task";
+        let response = self
+            .invoke(method, &w.finish(), CallKind::Idempotent)
+            .await?;
+        let task = Self::task_moref(method, &response)?;
+        let info = self
+            .wait_for_task(&task, method, &self.default_wait())
+            .await?;
+        let Some(result) = info.result else {
+            return Ok(Vec::new());
+        };
+        let mut entries = Vec::new();
+        for f in result.children_named("file") {
+            let name = f.child_text("path").unwrap_or_default().to_owned();
+            let size = f.child_num::<i64>("fileSize")?.unwrap_or(0).max(0) as u64;
+            entries.push(DirEntry {
+                path: dir.join(&name),
+                name,
+                size,
+                kind: if f.type_name().is_empty() {
+                    "FileInfo".to_owned()
+                } else {
+                    f.type_name().to_owned()
+                },
+                modified: f.child_text("modification").map(str::to_owned),
+            });
+        }
+        Ok(entries)
+    }
+}
+
+/// Whether a fault means "no such file" (for callers treating deletion as idempotent).
+pub fn is_not_found(err: &Error) -> bool {
+    match err {
+        Error::Http { status: 404, .. } => true,
+        Error::Fault { fault, .. } => matches!(
+            fault.kind,
+            FaultKind::FileNotFound { .. } | FaultKind::NotFound
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin() -> url::Url {
+        url::Url::parse("https://vc.example:8443/").unwrap()
+    }
+
+    #[test]
+    fn urls_encode_every_awkward_character() {
+        let f = DatastoreFile::new(
+            "Europe %2f West/DC #1",
+            DatastorePath::parse("[ds & co+1] my vm #2/dïsk 100%.vmdk").unwrap(),
+        );
+        assert_eq!(
+            f.url(&origin()),
+            "https://vc.example:8443/folder/my%20vm%20%232/d%C3%AFsk%20100%25.vmdk\
+?dcPath=Europe%20%252f%20West%2FDC%20%231&dsName=ds%20%26%20co%2B1"
+        );
+        let parsed = url::Url::parse(&f.url(&origin())).unwrap();
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        assert_eq!(pairs[0], ("dcPath".into(), "Europe %2f West/DC #1".into()));
+        assert_eq!(pairs[1], ("dsName".into(), "ds & co+1".into()));
+        let segments: Vec<String> = parsed
+            .path_segments()
+            .unwrap()
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .unwrap()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(segments, ["folder", "my vm #2", "dïsk 100%.vmdk"]);
+    }
+
+    #[test]
+    fn esxi_urls_have_no_dc_path() {
+        let f = DatastoreFile {
+            datacenter_path: None,
+            path: DatastorePath::parse("[datastore1] a/b.vmx").unwrap(),
+        };
+        assert_eq!(
+            f.url(&origin()),
+            "https://vc.example:8443/folder/a/b.vmx?dsName=datastore1"
+        );
+    }
+
+    #[test]
+    fn content_ranges_parse() {
+        assert_eq!(
+            parse_content_range("bytes 0-99/1000"),
+            Some((0, 99, Some(1000)))
+        );
+        assert_eq!(parse_content_range("bytes 5-5/*"), Some((5, 5, None)));
+        assert_eq!(parse_content_range("bytes 9-3/10"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert_eq!(parse_content_range("bytes */1000"), None);
+    }
+
+    #[test]
+    fn not_found_classification() {
+        let e = Error::Http {
+            context: String::new(),
+            status: 404,
+            message: String::new(),
+            retry_after: None,
+        };
+        assert!(is_not_found(&e));
+        let f = Error::Fault {
+            method: "x".into(),
+            fault: Box::new(crate::fault::Fault::new("FileNotFound", "")),
+        };
+        assert!(is_not_found(&f));
+    }
+}
