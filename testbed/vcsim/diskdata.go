@@ -176,7 +176,7 @@ func generateMixed(f *os.File, r *prng, capacity int64, allocated float64, alloc
 	for off := int64(0); off < capacity; {
 		var n int64
 		if r.Intn(3) == 0 {
-			n = (off/align+1+r.Intn(2))*align - off
+			n = (off/align+1)*align - off
 		} else {
 			n = (1 + r.Intn(3072)) * 512 // 512 B .. 1.5 MiB
 		}

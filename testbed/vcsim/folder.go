@@ -106,7 +106,7 @@ func (tb *Testbed) serveFolder(w http.ResponseWriter, r *http.Request) {
 	}
 	cw.start = time.Now()
 	tb.next.ServeHTTP(cw, r)
-	if r.Method == http.MethodGet {
+	if r.Method == http.MethodGet && cw.status/100 == 2 {
 		tb.mu.Lock()
 		tb.stats.FolderGetBytes += cw.n
 		tb.stats.FolderGetPerPath[key] += cw.n
@@ -196,6 +196,14 @@ type countingWriter struct {
 	stallAt    int64 // -1 = never
 	stallFor   time.Duration
 	cut        bool
+	status     int
+}
+
+func (c *countingWriter) WriteHeader(status int) {
+	if c.status == 0 {
+		c.status = status
+	}
+	c.ResponseWriter.WriteHeader(status)
 }
 
 var errCut = errors.New("connection cut by transfer_truncate")
@@ -203,6 +211,9 @@ var errCut = errors.New("connection cut by transfer_truncate")
 func (c *countingWriter) Write(p []byte) (int, error) {
 	if c.cut {
 		return 0, errCut
+	}
+	if c.status == 0 {
+		c.status = http.StatusOK
 	}
 	written := 0
 	for len(p) > 0 {
