@@ -121,6 +121,9 @@ impl Control {
         let base = plain_sdk_url
             .strip_suffix("/sdk")
             .with_context(|| format!("unexpected SDK URL {plain_sdk_url}"))?;
+        // reqwest has no built-in crypto provider in this workspace (ring, not aws-lc): install it
+        // once per process; a second install is a no-op error we can ignore.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().build()?;
         Ok(Self {
             base: format!("{base}/_testbed"),
