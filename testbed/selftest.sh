@@ -368,6 +368,15 @@ echo "# startup with awkward.json: ${startup_ms} ms"
 check "awkward.json starts in under 2 s" test "$startup_ms" -lt 2000
 login "$USER_" "$PASS_" >/dev/null
 eq "odd VM names through the SDK" "$(ctl GET /info | jq -r '.vms[].name' | sort)" "$(vm_names_via_soap)"
+soap '<CreateContainerView xmlns="urn:vim25"><_this type="ViewManager">ViewManager</_this><container type="Folder">group-d1</container><type>VirtualMachine</type><recursive>true</recursive></CreateContainerView>' >/dev/null
+view=$(xval returnval)
+soap "<RetrievePropertiesEx xmlns=\"urn:vim25\"><_this type=\"PropertyCollector\">propertyCollector</_this><specSet><propSet><type>VirtualMachine</type><pathSet>name</pathSet></propSet><objectSet><obj type=\"ContainerView\">$view</obj><skip>true</skip><selectSet xsi:type=\"TraversalSpec\"><name>v</name><type>ContainerView</type><path>view</path><skip>false</skip></selectSet></objectSet></specSet><options><maxObjects>4</maxObjects></options></RetrievePropertiesEx>" >/dev/null
+token=$(xval token)
+page1=$(xval val | wc -l)
+soap "<ContinueRetrievePropertiesEx xmlns=\"urn:vim25\"><_this type=\"PropertyCollector\">propertyCollector</_this><token>$token</token></ContinueRetrievePropertiesEx>" >/dev/null
+eq "RetrievePropertiesEx pages by maxObjects and ContinueRetrievePropertiesEx ends the list" "4 2 no-token" "$page1 $(xval val | wc -l) $(grep -q '<token>' "$tmp/resp" && echo token || echo no-token)"
+status=$(soap "<ContinueRetrievePropertiesEx xmlns=\"urn:vim25\"><_this type=\"PropertyCollector\">propertyCollector</_this><token>$token</token></ContinueRetrievePropertiesEx>")
+eq "a used-up token is InvalidArgument" "500 InvalidArgument" "$status $(faulttype)"
 check "the %2f-escaped name is kept as vCenter shows it" grep -qx 'a%2fb slash-vm' <(vm_names_via_soap)
 N="web 01 #1 & co + more"
 info=$(ctl GET "/vms/$(uri "$N")")

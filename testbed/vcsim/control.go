@@ -218,6 +218,7 @@ func (tb *Testbed) expireSessions() int {
 		ids = append(ids, id)
 	}
 	tb.sessions = map[string]bool{}
+	tb.pending = map[string]*pendingResult{}
 	tb.mu.Unlock()
 	sm := simulator.Map.SessionManager()
 	ctx := &simulator.Context{

@@ -12,6 +12,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"path"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -91,6 +92,16 @@ func (tb *Testbed) serveSOAP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	target := vmName(method.This)
+	switch req := method.Body.(type) {
+	case *types.RegisterVM_Task:
+		target = req.Name
+		if target == "" {
+			_, rel, _ := splitDatastorePath(req.Path)
+			target = path.Dir(rel)
+		}
+	case *types.CreateVM_Task:
+		target = req.Config.Name
+	}
 	if rule := tb.matchSOAP("slow_soap", name, target); rule != nil {
 		time.Sleep(time.Duration(rule.DelayMS) * time.Millisecond)
 	}
@@ -120,6 +131,12 @@ func (tb *Testbed) serveSOAP(w http.ResponseWriter, r *http.Request) {
 		}
 		writeBody(w, &methods.QueryChangedDiskAreasBody{Res: &types.QueryChangedDiskAreasResponse{Returnval: *info}})
 		return
+	case *types.ContinueRetrievePropertiesEx:
+		tb.continueRetrieve(w, req, cookie)
+		return
+	case *types.CancelRetrievePropertiesEx:
+		tb.cancelRetrieve(w, req, cookie)
+		return
 	case *types.RegisterVM_Task:
 		tb.prepareRegister(req)
 	}
@@ -127,6 +144,12 @@ func (tb *Testbed) serveSOAP(w http.ResponseWriter, r *http.Request) {
 	restore()
 	rec := httptest.NewRecorder()
 	tb.next.ServeHTTP(rec, r)
+
+	if req, ok := method.Body.(*types.RetrievePropertiesEx); ok && rec.Code == http.StatusOK {
+		if tb.pageRetrieveResult(w, req, rec.Body.Bytes(), cookie) {
+			return
+		}
+	}
 
 	if rec.Code == http.StatusOK {
 		tb.afterSOAP(method, rec, cookie)

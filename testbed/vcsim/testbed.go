@@ -62,22 +62,24 @@ type Testbed struct {
 	dcs      []*dcInfo
 	sessions map[string]bool // vmware_soap_session cookie values that vcsim issued and that are live
 	vms      map[types.ManagedObjectReference]*vmState
+	pending  map[string]*pendingResult // RetrievePropertiesEx pages not yet continued, by token
 	rules    []*FaultRule
 	nextRule int
 	stats    stats
 }
 
+// stats are the counters of GET /_testbed/stats (rendered by statsJSON).
 type stats struct {
-	FolderGetBytes     int64            `json:"-"`
-	FolderGetPerPath   map[string]int64 `json:"-"`
-	FolderPutBytes     int64            `json:"-"`
-	FolderPutPerPath   map[string]int64 `json:"-"`
-	FolderRequests     map[string]int64 `json:"-"`
-	SOAPCalls          map[string]int64 `json:"-"`
-	Logins             int64            `json:"-"`
-	Logouts            int64            `json:"-"`
-	NotAuthenticated   int64            `json:"-"`
-	FolderUnauthorized int64            `json:"-"`
+	FolderGetBytes     int64
+	FolderGetPerPath   map[string]int64
+	FolderPutBytes     int64
+	FolderPutPerPath   map[string]int64
+	FolderRequests     map[string]int64
+	SOAPCalls          map[string]int64
+	Logins             int64
+	Logouts            int64
+	NotAuthenticated   int64
+	FolderUnauthorized int64
 }
 
 func (s *stats) reset() {
@@ -97,6 +99,7 @@ func newTestbed(spec *Spec, dataDir, user, password string) *Testbed {
 		password: password,
 		sessions: map[string]bool{},
 		vms:      map[types.ManagedObjectReference]*vmState{},
+		pending:  map[string]*pendingResult{},
 	}
 	tb.stats.reset()
 	return tb
