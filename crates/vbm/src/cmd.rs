@@ -2,3 +2,4 @@
 //! error that `output::finish` reports and turns into exit code 1.
 
 pub(crate) mod version;
+pub(crate) mod vms;

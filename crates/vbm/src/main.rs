@@ -6,6 +6,7 @@
 
 mod cmd;
 mod output;
+mod vcenter_args;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Print version and build information.
     Version(cmd::version::Args),
+    /// Virtual machines of a vCenter (`vms list`).
+    Vms(cmd::vms::Args),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
     output::init_logging();
     let result = match cli.command {
         Command::Version(args) => cmd::version::run(args),
+        Command::Vms(args) => cmd::vms::run(args),
     };
     output::finish(result)
 }
