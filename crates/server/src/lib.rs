@@ -5,4 +5,330 @@
 //! REST API under `/api/v1` with its OpenAPI document, authentication, and Prometheus metrics.
 //!
 //! It must not know how a VM is backed up (that is `vbm-engine`) nor parse vSphere or repository
-//! formats itself; nothing below it depends on it.
+//! formats itself; everything it needs from them passes through [`backend::Backend`]. Nothing
+//! below it depends on it.
+//!
+//! Shape (STYLE.md): [`AppState`] is cheap to clone, [`router`] is a pure function of it, and
+//! [`serve`] takes a bound listener and a shutdown future.
+
+pub mod api;
+pub mod backend;
+pub mod clock;
+pub mod config;
+pub mod context;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod ids;
+pub mod jobs;
+pub mod metrics;
+pub mod run;
+pub mod runner;
+pub mod scheduler;
+pub mod vcenter;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use api::router;
+use backend::{Backend, VmSummary};
+use clock::Clock;
+use config::Config;
+use context::Context;
+use crypto::{MasterKey, Secret};
+use db::{ApiKeyRecord, Db};
+use ids::VcenterId;
+use metrics::{JobVm, Metrics};
+use run::{NewRun, RunKind, Trigger};
+use runner::Runner;
+
+/// Name of the database file in the data directory.
+pub const DB_FILE: &str = "vbm.db";
+/// Name of the master key file in the data directory.
+pub const KEY_FILE: &str = "master.key";
+
+/// Why the service cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The data directory cannot be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Database.
+    #[error(transparent)]
+    Db(#[from] db::Error),
+    /// Master key.
+    #[error(transparent)]
+    Crypto(#[from] crypto::Error),
+}
+
+/// How to open the service state.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Configuration.
+    pub config: Config,
+    /// Content of `VBM_MASTER_KEY`, if set.
+    pub master_key: Option<String>,
+}
+
+const INVENTORY_TTL: Duration = Duration::from_secs(30);
+
+type InventoryCache = Mutex<HashMap<VcenterId, (Instant, Arc<Vec<VmSummary>>)>>;
+
+#[derive(Debug)]
+struct Inner {
+    ctx: Context,
+    runner: Runner,
+    config: Config,
+    scheduler_wake: Arc<Notify>,
+    inventory: InventoryCache,
+}
+
+/// The application state shared by handlers and background tasks; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+fn open_data_dir(dir: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StartError::DataDir { path: dir.display().to_string(), source })
+}
+
+impl AppState {
+    /// Opens the database and master key in the data directory and builds the state around a
+    /// backend and a clock.
+    ///
+    /// # Errors
+    /// Unusable data directory, database or key.
+    pub fn open(options: Options, backend: Arc<dyn Backend>, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        open_data_dir(&options.data_dir)?;
+        let db = Db::open(&options.data_dir.join(DB_FILE))?;
+        let key = MasterKey::load(options.master_key.as_deref(), &options.data_dir.join(KEY_FILE))?;
+        let ctx = Context {
+            db,
+            backend,
+            clock,
+            key,
+            metrics: Arc::new(Metrics::new()),
+            limits: options.config.limits.clone(),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                runner: Runner::new(ctx.clone()),
+                ctx,
+                config: options.config,
+                scheduler_wake: Arc::new(Notify::new()),
+                inventory: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Shared parts.
+    #[must_use]
+    pub fn ctx(&self) -> &Context {
+        &self.inner.ctx
+    }
+
+    /// The runner.
+    #[must_use]
+    pub fn runner(&self) -> &Runner {
+        &self.inner.runner
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Makes the scheduler re-read schedules now.
+    pub fn wake_scheduler(&self) {
+        self.inner.scheduler_wake.notify_one();
+    }
+
+    /// The VMs of a vCenter, cached for 30 s.
+    ///
+    /// # Errors
+    /// Not found, backend errors.
+    pub async fn inventory(&self, id: &VcenterId) -> error::Result<Arc<Vec<VmSummary>>> {
+        if let Ok(cache) = self.inner.inventory.lock()
+            && let Some((at, vms)) = cache.get(id)
+            && at.elapsed() < INVENTORY_TTL
+        {
+            return Ok(Arc::clone(vms));
+        }
+        let target = self.ctx().target(id.clone()).await?;
+        let vms = Arc::new(self.ctx().backend.list_vms(target).await?);
+        if let Ok(mut cache) = self.inner.inventory.lock() {
+            cache.insert(id.clone(), (Instant::now(), Arc::clone(&vms)));
+        }
+        Ok(vms)
+    }
+
+    /// Drops a vCenter's cached inventory.
+    pub fn forget_inventory(&self, id: &VcenterId) {
+        if let Ok(mut cache) = self.inner.inventory.lock() {
+            cache.remove(id);
+        }
+    }
+
+    /// Makes the catalog equal to the repository (R4, F2). Returns (added, removed).
+    ///
+    /// # Errors
+    /// Backend or database errors.
+    pub async fn sync_catalog(&self) -> error::Result<(usize, usize)> {
+        let entries = self.ctx().backend.catalog().await?;
+        Ok(self.ctx().db.backup_sync(entries).await?)
+    }
+
+    async fn seed_metrics(&self) {
+        let jobs: HashMap<String, String> = self
+            .ctx()
+            .db
+            .job_all()
+            .await
+            .map(|all| all.into_iter().map(|j| (j.job.id.to_string(), j.job.spec.name)).collect())
+            .unwrap_or_default();
+        if let Ok(rows) = self.ctx().db.backup_last_success().await {
+            for (job_id, vm, at) in rows {
+                let job = jobs.get(&job_id).cloned().unwrap_or(job_id);
+                self.ctx().metrics.seed_last_success(&JobVm { job, vm }, at.as_second());
+            }
+        }
+    }
+
+    /// Startup work before serving: crash recovery, catalog sync, metrics seeding.
+    async fn start(&self) {
+        if self.ctx().db.maintenance().is_some() {
+            return;
+        }
+        match self.runner().recover().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(runs = n, "marked runs interrupted by the last stop"),
+            Err(e) => tracing::error!(error = %e, "crash recovery failed"),
+        }
+        match self.sync_catalog().await {
+            Ok((added, removed)) if added + removed > 0 => {
+                tracing::info!(added, removed, "catalog synchronised with the repository");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::info!(reason = %e, "catalog not synchronised"),
+        }
+        self.seed_metrics().await;
+    }
+}
+
+/// Creates an API key in the data directory's database; the token is shown once.
+///
+/// # Errors
+/// Unusable data directory or database.
+pub async fn create_api_key(data_dir: &Path, name: &str) -> Result<(ApiKeyRecord, Secret), StartError> {
+    open_data_dir(data_dir)?;
+    let db = Db::open(&data_dir.join(DB_FILE))?;
+    let (token, hash) = crypto::new_api_key();
+    let record = db.api_key_create(name.to_owned(), hash, jiff::Timestamp::now()).await?;
+    Ok((record, token))
+}
+
+async fn gc_loop(state: AppState, shutdown: CancellationToken) {
+    let gc = &state.config().gc;
+    if gc.cron.is_empty() {
+        return;
+    }
+    let Ok(schedule) = scheduler::CronSchedule::parse(&gc.cron, &gc.timezone) else { return };
+    loop {
+        let now = state.ctx().clock.now();
+        let Some(next) = schedule.next_after(now) else { return };
+        let wait: Duration = next.duration_since(now).try_into().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => {}
+        }
+        if state.ctx().clock.now() >= next && state.ctx().db.maintenance().is_none() {
+            let _ = state.runner().submit(NewRun::queued(RunKind::Gc, None, Trigger::System)).await;
+        }
+    }
+}
+
+/// Keeps a daily `VACUUM INTO` copy of the database (7 kept), never a copy of the live file (R4).
+async fn db_backup_loop(state: AppState, data_dir: PathBuf, shutdown: CancellationToken) {
+    let dir = data_dir.join("db-backups");
+    loop {
+        if state.ctx().db.maintenance().is_none() && std::fs::create_dir_all(&dir).is_ok() {
+            let day = state.ctx().clock.now().strftime("%Y%m%d").to_string();
+            let dest = dir.join(format!("vbm-{day}.db"));
+            if let Err(e) = state.ctx().db.backup_to(dest).await {
+                tracing::warn!(error = %e, "daily database copy failed");
+            }
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                let mut files: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+                files.sort();
+                let excess = files.len().saturating_sub(7);
+                for old in files.into_iter().take(excess) {
+                    let _ = std::fs::remove_file(old);
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+        }
+    }
+}
+
+/// Serves the API on `listener` and runs the scheduler and runner until `shutdown` completes;
+/// then stops accepting, cancels active runs with a reason and waits for them (F8).
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    state.start().await;
+    let stop = CancellationToken::new();
+    let mut background = Vec::new();
+    if state.ctx().db.maintenance().is_none() {
+        background.push(tokio::spawn(scheduler::run(
+            state.ctx().db.clone(),
+            Arc::clone(&state.ctx().clock),
+            Arc::clone(&state.inner.scheduler_wake),
+            state.runner().waker(),
+            stop.clone(),
+        )));
+        background.push(tokio::spawn(state.runner().clone().run(stop.clone())));
+        background.push(tokio::spawn(gc_loop(state.clone(), stop.clone())));
+        if let Some(dir) = state.ctx().db.path().parent() {
+            background.push(tokio::spawn(db_backup_loop(state.clone(), dir.to_owned(), stop.clone())));
+        }
+    }
+    let app = router(state.clone());
+    let stop_http = stop.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: cancelling active runs");
+        stop_http.cancel();
+    };
+    let served = axum::serve(listener, app).with_graceful_shutdown(signal).await;
+    stop.cancel();
+    for task in background {
+        let _ = task.await;
+    }
+    served
+}

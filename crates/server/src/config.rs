@@ -1,0 +1,216 @@
+//! Configuration: a TOML file (`vbm serve --config FILE`), overridden by command-line flags and
+//! environment variables (`VBM_DATA`, `VBM_LISTEN`, `VBM_REPO`, `VBM_MASTER_KEY`, `VBM_LOG`).
+//! Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file cannot be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for vbm.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// Path.
+        path: String,
+        /// Parser message (line and column).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `host:port` to listen on (default `127.0.0.1:8080`).
+    pub listen: Option<String>,
+    /// Data directory: database, master key, database copies.
+    pub data_dir: Option<PathBuf>,
+    /// Backup repository directory.
+    pub repo: Option<PathBuf>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Concurrency limits.
+    pub limits: Limits,
+    /// HTTP limits.
+    pub http: HttpConfig,
+    /// Garbage collection schedule.
+    pub gc: GcConfig,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `vbm_server=debug` (overridden by `VBM_LOG`).
+    pub level: String,
+    /// `text` or `json` (JSON lines: one event per line, control characters escaped).
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[limits]`: how many VM backups run at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// In total (1-256, default 4).
+    pub max_concurrent_backups: u32,
+    /// Per vCenter (default 4).
+    pub per_vcenter: u32,
+    /// Per ESXi host (default 2).
+    pub per_host: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_backups: 4,
+            per_vcenter: 4,
+            per_host: 2,
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest accepted request body (default 1 MiB).
+    pub body_limit_bytes: usize,
+    /// Time allowed to produce a response (default 60 s; SSE streams are exempt once started).
+    pub request_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+/// `[gc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Cron expression (default Sundays 04:00); empty = never.
+    pub cron: String,
+    /// Time zone of the expression.
+    pub timezone: String,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            cron: "0 4 * * 0".into(),
+            timezone: "UTC".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    ///
+    /// # Errors
+    /// Unreadable file, bad TOML, unknown keys, out-of-range values.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::Parse { message, .. } => Error::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses config text.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let config: Self = toml::from_str(text).map_err(|e| Error::Parse {
+            path: String::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let l = &self.limits;
+        for (name, v) in [
+            ("limits.max_concurrent_backups", l.max_concurrent_backups),
+            ("limits.per_vcenter", l.per_vcenter),
+            ("limits.per_host", l.per_host),
+        ] {
+            if !(1..=256).contains(&v) {
+                return Err(Error::Invalid(format!("{name} must be between 1 and 256, got {v}")));
+            }
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit_bytes) {
+            return Err(Error::Invalid("http.body_limit_bytes must be between 1 KiB and 64 MiB".into()));
+        }
+        if !self.gc.cron.is_empty() {
+            crate::scheduler::CronSchedule::parse(&self.gc.cron, &self.gc.timezone)
+                .map_err(|e| Error::Invalid(format!("gc.{e}")))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../deploy/vbm.toml");
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.limits.per_host, 2);
+    }
+
+    #[test]
+    fn typos_are_errors() {
+        let err = Config::parse("[limits]\nmax_concurent_backups = 3\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        let err = Config::parse("[limits]\nper_host = 0\n").unwrap_err().to_string();
+        assert!(err.contains("limits.per_host must be between 1 and 256"), "{err}");
+    }
+}
