@@ -75,11 +75,19 @@ pub struct Health {
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let maintenance = state.ctx().db.maintenance().map(str::to_owned);
-    let status = if maintenance.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if maintenance.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     (
         status,
         Json(Health {
-            status: if maintenance.is_some() { "maintenance" } else { "ok" },
+            status: if maintenance.is_some() {
+                "maintenance"
+            } else {
+                "ok"
+            },
             version: env!("CARGO_PKG_VERSION"),
             maintenance,
         }),
@@ -113,7 +121,10 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -129,10 +140,18 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_json))
         .route("/vcenters", get(vcenters::list).post(vcenters::create))
         .route("/vcenters/test", post(vcenters::test_unsaved))
-        .route("/vcenters/{id}", get(vcenters::get).put(vcenters::update).delete(vcenters::delete))
+        .route(
+            "/vcenters/{id}",
+            get(vcenters::get)
+                .put(vcenters::update)
+                .delete(vcenters::delete),
+        )
         .route("/vcenters/{id}/test", post(vcenters::test_saved))
         .route("/jobs", get(jobs::list).post(jobs::create))
-        .route("/jobs/{id}", get(jobs::get).put(jobs::update).delete(jobs::delete))
+        .route(
+            "/jobs/{id}",
+            get(jobs::get).put(jobs::update).delete(jobs::delete),
+        )
         .route("/jobs/{id}/run", post(jobs::run_now))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/retention", get(jobs::retention_preview))
@@ -149,11 +168,17 @@ pub fn router(state: AppState) -> Router {
         .route("/backups/{id}/restore", post(backups::restore))
         .route("/repository/stats", get(repository::stats))
         .route("/repository/gc", post(repository::gc))
-        .route("/repository/rebuild-catalog", post(repository::rebuild_catalog));
+        .route(
+            "/repository/rebuild-catalog",
+            post(repository::rebuild_catalog),
+        );
     let protected = Router::new()
         .nest("/api/v1", v1)
         .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
     Router::new()
         .route("/healthz", get(health))
         .merge(protected)
@@ -161,7 +186,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyTimeoutLayer::new(timeout))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }

@@ -219,9 +219,15 @@ pub enum RestoreTarget {
 /// The engine, vCenter and repository as the service uses them.
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Connects, reports the certificate thumbprint and whether login works.
-    fn test_connection(&self, target: VcenterTarget) -> BoxFuture<'static, Result<ConnectionInfo, BackendError>>;
+    fn test_connection(
+        &self,
+        target: VcenterTarget,
+    ) -> BoxFuture<'static, Result<ConnectionInfo, BackendError>>;
     /// Lists the VMs of a vCenter.
-    fn list_vms(&self, target: VcenterTarget) -> BoxFuture<'static, Result<Vec<VmSummary>, BackendError>>;
+    fn list_vms(
+        &self,
+        target: VcenterTarget,
+    ) -> BoxFuture<'static, Result<Vec<VmSummary>, BackendError>>;
     /// Backs up one VM.
     fn backup(
         &self,
@@ -231,11 +237,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         cancel: CancellationToken,
     ) -> BoxFuture<'static, Result<BackupOutcome, BackendError>>;
     /// Removes the `vbm-*` snapshots of a VM left by crashed runs; returns how many.
-    fn sweep_snapshots(&self, target: VcenterTarget, vm: InstanceUuid) -> BoxFuture<'static, Result<u32, BackendError>>;
+    fn sweep_snapshots(
+        &self,
+        target: VcenterTarget,
+        vm: InstanceUuid,
+    ) -> BoxFuture<'static, Result<u32, BackendError>>;
     /// Every restore point in the repository.
     fn catalog(&self) -> BoxFuture<'static, Result<Vec<CatalogEntry>, BackendError>>;
     /// Verifies one restore point (full read, digests).
-    fn verify(&self, backup: BackupId, progress: ProgressSink, cancel: CancellationToken) -> BoxFuture<'static, Result<VerifyOutcome, BackendError>>;
+    fn verify(
+        &self,
+        backup: BackupId,
+        progress: ProgressSink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, Result<VerifyOutcome, BackendError>>;
     /// Deletes restore points (retention); chunks go at the next GC.
     fn delete_backups(&self, ids: Vec<BackupId>) -> BoxFuture<'static, Result<(), BackendError>>;
     /// Garbage collection; returns freed bytes.

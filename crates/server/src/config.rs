@@ -181,11 +181,15 @@ impl Config {
             ("limits.per_host", l.per_host),
         ] {
             if !(1..=256).contains(&v) {
-                return Err(Error::Invalid(format!("{name} must be between 1 and 256, got {v}")));
+                return Err(Error::Invalid(format!(
+                    "{name} must be between 1 and 256, got {v}"
+                )));
             }
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit_bytes) {
-            return Err(Error::Invalid("http.body_limit_bytes must be between 1 KiB and 64 MiB".into()));
+            return Err(Error::Invalid(
+                "http.body_limit_bytes must be between 1 KiB and 64 MiB".into(),
+            ));
         }
         if !self.gc.cron.is_empty() {
             crate::scheduler::CronSchedule::parse(&self.gc.cron, &self.gc.timezone)
@@ -208,9 +212,16 @@ mod tests {
 
     #[test]
     fn typos_are_errors() {
-        let err = Config::parse("[limits]\nmax_concurent_backups = 3\n").unwrap_err().to_string();
+        let err = Config::parse("[limits]\nmax_concurent_backups = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field"), "{err}");
-        let err = Config::parse("[limits]\nper_host = 0\n").unwrap_err().to_string();
-        assert!(err.contains("limits.per_host must be between 1 and 256"), "{err}");
+        let err = Config::parse("[limits]\nper_host = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("limits.per_host must be between 1 and 256"),
+            "{err}"
+        );
     }
 }

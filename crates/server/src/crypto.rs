@@ -45,7 +45,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A sealed secret does not open with this master key (wrong key, or damaged data).
-    #[error("a stored secret cannot be decrypted (is VBM_MASTER_KEY / master.key the one it was sealed with?)")]
+    #[error(
+        "a stored secret cannot be decrypted (is VBM_MASTER_KEY / master.key the one it was sealed with?)"
+    )]
     Open,
 }
 
@@ -159,7 +161,9 @@ impl MasterKey {
                 },
             )
             .map_err(|_| Error::Open)?;
-        String::from_utf8(plain).map(Secret).map_err(|_| Error::Open)
+        String::from_utf8(plain)
+            .map(Secret)
+            .map_err(|_| Error::Open)
     }
 }
 

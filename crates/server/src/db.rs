@@ -22,10 +22,10 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 pub use api_keys::ApiKeyRecord;
-pub use vcenters::{PasswordChange, VcenterRow};
 pub use backups::{BackupFilter, BackupRecord};
 pub use jobs::{DueSchedule, JobRow};
 pub use runs::RunFilter;
+pub use vcenters::{PasswordChange, VcenterRow};
 
 /// Errors of the data layer.
 #[derive(Debug, thiserror::Error)]
@@ -304,7 +304,11 @@ pub(crate) fn limit_plus_one(page: Page) -> i64 {
 pub(crate) fn paged<T>(mut rows: Vec<(i64, T)>, page: Page) -> Paged<T> {
     let more = rows.len() > page.limit as usize;
     rows.truncate(page.limit as usize);
-    let next = if more { rows.last().map(|(seq, _)| *seq) } else { None };
+    let next = if more {
+        rows.last().map(|(seq, _)| *seq)
+    } else {
+        None
+    };
     Paged {
         items: rows.into_iter().map(|(_, item)| item).collect(),
         next,

@@ -140,10 +140,12 @@ impl BackupId {
     pub fn parse(text: &str) -> Result<Self, IdError> {
         let ok = !text.is_empty()
             && text.len() <= 200
-            && !text.split('/').any(|part| part.is_empty() || part == "." || part == "..")
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-' | b'/'));
+            && !text
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
+            && text.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-' | b'/')
+            });
         if ok {
             Ok(Self(text.to_owned()))
         } else {

@@ -110,7 +110,10 @@ fn open_data_dir(dir: &Path) -> Result<(), StartError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| StartError::DataDir { path: dir.display().to_string(), source })
+        .map_err(|source| StartError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })
 }
 
 impl AppState {
@@ -119,10 +122,17 @@ impl AppState {
     ///
     /// # Errors
     /// Unusable data directory, database or key.
-    pub fn open(options: Options, backend: Arc<dyn Backend>, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+    pub fn open(
+        options: Options,
+        backend: Arc<dyn Backend>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
         open_data_dir(&options.data_dir)?;
         let db = Db::open(&options.data_dir.join(DB_FILE))?;
-        let key = MasterKey::load(options.master_key.as_deref(), &options.data_dir.join(KEY_FILE))?;
+        let key = MasterKey::load(
+            options.master_key.as_deref(),
+            &options.data_dir.join(KEY_FILE),
+        )?;
         let ctx = Context {
             db,
             backend,
@@ -206,12 +216,18 @@ impl AppState {
             .db
             .job_all()
             .await
-            .map(|all| all.into_iter().map(|j| (j.job.id.to_string(), j.job.spec.name)).collect())
+            .map(|all| {
+                all.into_iter()
+                    .map(|j| (j.job.id.to_string(), j.job.spec.name))
+                    .collect()
+            })
             .unwrap_or_default();
         if let Ok(rows) = self.ctx().db.backup_last_success().await {
             for (job_id, vm, at) in rows {
                 let job = jobs.get(&job_id).cloned().unwrap_or(job_id);
-                self.ctx().metrics.seed_last_success(&JobVm { job, vm }, at.as_second());
+                self.ctx()
+                    .metrics
+                    .seed_last_success(&JobVm { job, vm }, at.as_second());
             }
         }
     }
@@ -241,11 +257,16 @@ impl AppState {
 ///
 /// # Errors
 /// Unusable data directory or database.
-pub async fn create_api_key(data_dir: &Path, name: &str) -> Result<(ApiKeyRecord, Secret), StartError> {
+pub async fn create_api_key(
+    data_dir: &Path,
+    name: &str,
+) -> Result<(ApiKeyRecord, Secret), StartError> {
     open_data_dir(data_dir)?;
     let db = Db::open(&data_dir.join(DB_FILE))?;
     let (token, hash) = crypto::new_api_key();
-    let record = db.api_key_create(name.to_owned(), hash, jiff::Timestamp::now()).await?;
+    let record = db
+        .api_key_create(name.to_owned(), hash, jiff::Timestamp::now())
+        .await?;
     Ok((record, token))
 }
 
@@ -254,17 +275,27 @@ async fn gc_loop(state: AppState, shutdown: CancellationToken) {
     if gc.cron.is_empty() {
         return;
     }
-    let Ok(schedule) = scheduler::CronSchedule::parse(&gc.cron, &gc.timezone) else { return };
+    let Ok(schedule) = scheduler::CronSchedule::parse(&gc.cron, &gc.timezone) else {
+        return;
+    };
     loop {
         let now = state.ctx().clock.now();
-        let Some(next) = schedule.next_after(now) else { return };
-        let wait: Duration = next.duration_since(now).try_into().unwrap_or(Duration::ZERO);
+        let Some(next) = schedule.next_after(now) else {
+            return;
+        };
+        let wait: Duration = next
+            .duration_since(now)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => {}
         }
         if state.ctx().clock.now() >= next && state.ctx().db.maintenance().is_none() {
-            let _ = state.runner().submit(NewRun::queued(RunKind::Gc, None, Trigger::System)).await;
+            let _ = state
+                .runner()
+                .submit(NewRun::queued(RunKind::Gc, None, Trigger::System))
+                .await;
         }
     }
 }
@@ -300,7 +331,11 @@ async fn db_backup_loop(state: AppState, data_dir: PathBuf, shutdown: Cancellati
 ///
 /// # Errors
 /// I/O errors of the listener.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     state.start().await;
     let stop = CancellationToken::new();
     let mut background = Vec::new();
@@ -315,7 +350,11 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         background.push(tokio::spawn(state.runner().clone().run(stop.clone())));
         background.push(tokio::spawn(gc_loop(state.clone(), stop.clone())));
         if let Some(dir) = state.ctx().db.path().parent() {
-            background.push(tokio::spawn(db_backup_loop(state.clone(), dir.to_owned(), stop.clone())));
+            background.push(tokio::spawn(db_backup_loop(
+                state.clone(),
+                dir.to_owned(),
+                stop.clone(),
+            )));
         }
     }
     let app = router(state.clone());
@@ -325,10 +364,41 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         tracing::info!("shutting down: cancelling active runs");
         stop_http.cancel();
     };
-    let served = axum::serve(listener, app).with_graceful_shutdown(signal).await;
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await;
     stop.cancel();
     for task in background {
         let _ = task.await;
     }
     served
+}
+
+/// A multi-threaded runtime for `vbm serve` (the binary does not depend on tokio's features).
+///
+/// # Errors
+/// When the OS refuses threads.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -100,7 +100,11 @@ impl Metrics {
             "Free bytes on the repository's file system",
             m.repo_free.clone(),
         );
-        registry.register("vbm_running_jobs", "Backup runs in progress", m.running_jobs.clone());
+        registry.register(
+            "vbm_running_jobs",
+            "Backup runs in progress",
+            m.running_jobs.clone(),
+        );
         registry.register(
             "vbm_running_backups",
             "VM backups in progress",
@@ -110,9 +114,19 @@ impl Metrics {
     }
 
     /// A VM backup succeeded.
-    pub fn backup_succeeded(&self, labels: &JobVm, seconds: f64, size: u64, read: u64, written: u64, finished_unix: i64) {
+    pub fn backup_succeeded(
+        &self,
+        labels: &JobVm,
+        seconds: f64,
+        size: u64,
+        read: u64,
+        written: u64,
+        finished_unix: i64,
+    ) {
         self.duration.get_or_create(labels).set(seconds);
-        self.size.get_or_create(labels).set(i64::try_from(size).unwrap_or(i64::MAX));
+        self.size
+            .get_or_create(labels)
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
         self.success.get_or_create(labels).inc();
         self.bytes_read.get_or_create(labels).inc_by(read);
         self.bytes_written.get_or_create(labels).inc_by(written);

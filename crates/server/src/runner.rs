@@ -59,7 +59,9 @@ impl RunEvent {
     #[must_use]
     pub fn run_id(&self) -> &RunId {
         match self {
-            Self::Progress { run_id, .. } | Self::Log { run_id, .. } | Self::Status { run_id, .. } => run_id,
+            Self::Progress { run_id, .. }
+            | Self::Log { run_id, .. }
+            | Self::Status { run_id, .. } => run_id,
         }
     }
 }
@@ -134,11 +136,13 @@ impl Runner {
             .active
             .lock()
             .ok()
-            .and_then(|a| a.get(run).map(|r| {
-                let mut p: Vec<_> = r.progress.values().cloned().collect();
-                p.sort_by(|a, b| a.vm.cmp(&b.vm));
-                p
-            }))
+            .and_then(|a| {
+                a.get(run).map(|r| {
+                    let mut p: Vec<_> = r.progress.values().cloned().collect();
+                    p.sort_by(|a, b| a.vm.cmp(&b.vm));
+                    p
+                })
+            })
             .unwrap_or_default()
     }
 
@@ -147,7 +151,12 @@ impl Runner {
     /// # Errors
     /// Conflict when the job already has an active run; not found for an unknown job.
     pub async fn submit(&self, run: NewRun) -> crate::error::Result<Run> {
-        let run = self.inner.ctx.db.run_create(run, self.inner.ctx.clock.now()).await?;
+        let run = self
+            .inner
+            .ctx
+            .db
+            .run_create(run, self.inner.ctx.clock.now())
+            .await?;
         self.inner.wake.notify_one();
         Ok(run)
     }
@@ -162,19 +171,34 @@ impl Runner {
         if run.status.is_terminal() {
             return Err(CancelError::AlreadyEnded(id.clone(), run.status.as_str()));
         }
-        let signalled = self.inner.active.lock().is_ok_and(|mut a| match a.get_mut(id) {
-            Some(active) => {
-                active.reason = Some(reason.to_owned());
-                active.cancel.cancel();
-                true
-            }
-            None => false,
-        });
+        let signalled = self
+            .inner
+            .active
+            .lock()
+            .is_ok_and(|mut a| match a.get_mut(id) {
+                Some(active) => {
+                    active.reason = Some(reason.to_owned());
+                    active.cancel.cancel();
+                    true
+                }
+                None => false,
+            });
         if !signalled {
             // Still queued: end it right here.
             let now = self.inner.ctx.clock.now();
-            if db.run_finish(id.clone(), RunStatus::Cancelled, Some(reason.to_owned()), now).await? {
-                self.emit(RunEvent::Status { run_id: id.clone(), status: RunStatus::Cancelled });
+            if db
+                .run_finish(
+                    id.clone(),
+                    RunStatus::Cancelled,
+                    Some(reason.to_owned()),
+                    now,
+                )
+                .await?
+            {
+                self.emit(RunEvent::Status {
+                    run_id: id.clone(),
+                    status: RunStatus::Cancelled,
+                });
             }
         }
         Ok(db.run_get(id.clone()).await?)
@@ -186,8 +210,17 @@ impl Runner {
 
     async fn log(&self, run: &RunId, level: &'static str, message: String) {
         let now = self.inner.ctx.clock.now();
-        match self.inner.ctx.db.run_log(run.clone(), level, message, now).await {
-            Ok(line) => self.emit(RunEvent::Log { run_id: run.clone(), line }),
+        match self
+            .inner
+            .ctx
+            .db
+            .run_log(run.clone(), level, message, now)
+            .await
+        {
+            Ok(line) => self.emit(RunEvent::Log {
+                run_id: run.clone(),
+                line,
+            }),
             Err(e) => tracing::warn!(run = %run, error = %e, "cannot store a run log line"),
         }
     }
@@ -204,24 +237,65 @@ impl Runner {
         let count = interrupted.len();
         for (run, vms) in interrupted {
             tracing::warn!(run = %run.id, "run was interrupted by a server stop; marked interrupted");
-            self.log(&run.id, "error", "interrupted: the server stopped while this run was active".into()).await;
+            self.log(
+                &run.id,
+                "error",
+                "interrupted: the server stopped while this run was active".into(),
+            )
+            .await;
             // Sweep snapshots of every VM the run touched (vCenter may be down: background).
             let this = self.clone();
             let run_id = run.id.clone();
-            let sweep_vms: Vec<_> = vms.iter().map(|v| (v.vcenter_id.clone(), v.instance_uuid.clone(), v.vm_name.clone())).collect();
+            let sweep_vms: Vec<_> = vms
+                .iter()
+                .map(|v| {
+                    (
+                        v.vcenter_id.clone(),
+                        v.instance_uuid.clone(),
+                        v.vm_name.clone(),
+                    )
+                })
+                .collect();
             self.inner.tasks.spawn(async move {
                 for (vc, uuid, name) in sweep_vms {
                     let result = match this.inner.ctx.target(vc).await {
-                        Ok(target) => this.inner.ctx.backend.sweep_snapshots(target, uuid).await.map_err(|e| e.to_string()),
+                        Ok(target) => this
+                            .inner
+                            .ctx
+                            .backend
+                            .sweep_snapshots(target, uuid)
+                            .await
+                            .map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),
                     };
                     match result {
-                        Ok(n) => this.log(&run_id, "info", format!("swept {n} leftover vbm snapshot(s) of VM {name}")).await,
-                        Err(e) => this.log(&run_id, "warn", format!("could not sweep snapshots of VM {name}: {e}")).await,
+                        Ok(n) => {
+                            this.log(
+                                &run_id,
+                                "info",
+                                format!("swept {n} leftover vbm snapshot(s) of VM {name}"),
+                            )
+                            .await
+                        }
+                        Err(e) => {
+                            this.log(
+                                &run_id,
+                                "warn",
+                                format!("could not sweep snapshots of VM {name}: {e}"),
+                            )
+                            .await
+                        }
                     }
                 }
             });
-            self.maybe_retry(&run, vms.iter().filter(|v| v.status != RunStatus::Success).map(|v| v.instance_uuid.to_string()).collect()).await;
+            self.maybe_retry(
+                &run,
+                vms.iter()
+                    .filter(|v| v.status != RunStatus::Success)
+                    .map(|v| v.instance_uuid.to_string())
+                    .collect(),
+            )
+            .await;
         }
         Ok(count)
     }
@@ -233,7 +307,9 @@ impl Runner {
         if run.kind != RunKind::Backup {
             return;
         }
-        let Ok(job) = ctx.db.job_get(job_id.clone()).await else { return };
+        let Ok(job) = ctx.db.job_get(job_id.clone()).await else {
+            return;
+        };
         if run.attempt > job.job.spec.retries {
             return;
         }
@@ -244,14 +320,29 @@ impl Runner {
         retry.not_before = ctx
             .clock
             .now()
-            .checked_add(jiff::SignedDuration::from_secs(i64::from(job.job.spec.retry_delay_secs)))
+            .checked_add(jiff::SignedDuration::from_secs(i64::from(
+                job.job.spec.retry_delay_secs,
+            )))
             .ok();
         if !vms.is_empty() {
             retry.params = serde_json::json!({ "vms": vms });
         }
         match self.submit(retry).await {
-            Ok(r) => self.log(&run.id, "info", format!("retry {} queued as run {} (attempt {})", run.attempt, r.id, r.attempt)).await,
-            Err(e) => self.log(&run.id, "warn", format!("no retry queued: {e}")).await,
+            Ok(r) => {
+                self.log(
+                    &run.id,
+                    "info",
+                    format!(
+                        "retry {} queued as run {} (attempt {})",
+                        run.attempt, r.id, r.attempt
+                    ),
+                )
+                .await
+            }
+            Err(e) => {
+                self.log(&run.id, "warn", format!("no retry queued: {e}"))
+                    .await
+            }
         }
     }
 
@@ -264,7 +355,11 @@ impl Runner {
             match ctx.db.runs_startable(now).await {
                 Ok(runs) => {
                     for run in runs {
-                        let already = self.inner.active.lock().is_ok_and(|a| a.contains_key(&run.id));
+                        let already = self
+                            .inner
+                            .active
+                            .lock()
+                            .is_ok_and(|a| a.contains_key(&run.id));
                         if already {
                             continue;
                         }
@@ -274,7 +369,10 @@ impl Runner {
                 Err(e) => tracing::error!(error = %e, "cannot read the run queue"),
             }
             let wait = match ctx.db.next_delayed_run().await {
-                Ok(Some(t)) => t.duration_since(ctx.clock.now()).try_into().unwrap_or(Duration::ZERO),
+                Ok(Some(t)) => t
+                    .duration_since(ctx.clock.now())
+                    .try_into()
+                    .unwrap_or(Duration::ZERO),
                 _ => Duration::from_secs(30),
             }
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
@@ -284,13 +382,25 @@ impl Runner {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        let ids: Vec<RunId> = self.inner.active.lock().map(|a| a.keys().cloned().collect()).unwrap_or_default();
+        let ids: Vec<RunId> = self
+            .inner
+            .active
+            .lock()
+            .map(|a| a.keys().cloned().collect())
+            .unwrap_or_default();
         for id in ids {
-            let _ = self.cancel(&id, "cancelled: the server is shutting down").await;
+            let _ = self
+                .cancel(&id, "cancelled: the server is shutting down")
+                .await;
         }
         self.inner.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(60), self.inner.tasks.wait()).await.is_err() {
-            tracing::error!("runs did not end within 60 s of shutdown; they will be marked interrupted at the next start");
+        if tokio::time::timeout(Duration::from_secs(60), self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "runs did not end within 60 s of shutdown; they will be marked interrupted at the next start"
+            );
         }
     }
 
@@ -306,9 +416,18 @@ impl Runner {
         }
         let cancel = CancellationToken::new();
         if let Ok(mut a) = self.inner.active.lock() {
-            a.insert(run.id.clone(), Active { cancel: cancel.clone(), ..Active::default() });
+            a.insert(
+                run.id.clone(),
+                Active {
+                    cancel: cancel.clone(),
+                    ..Active::default()
+                },
+            );
         }
-        self.emit(RunEvent::Status { run_id: run.id.clone(), status: RunStatus::Running });
+        self.emit(RunEvent::Status {
+            run_id: run.id.clone(),
+            status: RunStatus::Running,
+        });
         ctx.metrics.running_jobs(1);
         let this = self.clone();
         self.inner.tasks.spawn(async move {
@@ -319,27 +438,54 @@ impl Runner {
                 RunKind::Gc => this.execute_gc(&run, &cancel).await,
             };
             let (mut status, mut reason) = outcome;
-            let cancel_reason = this.inner.active.lock().ok().and_then(|mut a| a.remove(&run.id)).and_then(|a| a.reason);
+            let cancel_reason = this
+                .inner
+                .active
+                .lock()
+                .ok()
+                .and_then(|mut a| a.remove(&run.id))
+                .and_then(|a| a.reason);
             if cancel.is_cancelled() && status != RunStatus::Success {
                 status = RunStatus::Cancelled;
                 reason = Some(cancel_reason.unwrap_or_else(|| "cancelled".into()));
             }
             let ctx = &this.inner.ctx;
             if let Some(r) = &reason {
-                this.log(&run.id, if status == RunStatus::Success { "info" } else { "error" }, r.clone()).await;
+                this.log(
+                    &run.id,
+                    if status == RunStatus::Success {
+                        "info"
+                    } else {
+                        "error"
+                    },
+                    r.clone(),
+                )
+                .await;
             }
-            if let Err(e) = ctx.db.run_finish(run.id.clone(), status, reason, ctx.clock.now()).await {
+            if let Err(e) = ctx
+                .db
+                .run_finish(run.id.clone(), status, reason, ctx.clock.now())
+                .await
+            {
                 tracing::error!(run = %run.id, error = %e, "cannot record the end of a run");
             }
             ctx.metrics.running_jobs(-1);
             tracing::info!(run = %run.id, status = status.as_str(), "run ended");
-            this.emit(RunEvent::Status { run_id: run.id.clone(), status });
+            this.emit(RunEvent::Status {
+                run_id: run.id.clone(),
+                status,
+            });
             if matches!(status, RunStatus::Failed | RunStatus::Partial) {
                 let failed = ctx
                     .db
                     .run_vms(run.id.clone())
                     .await
-                    .map(|vms| vms.into_iter().filter(|v| v.status != RunStatus::Success).map(|v| v.instance_uuid.to_string()).collect())
+                    .map(|vms| {
+                        vms.into_iter()
+                            .filter(|v| v.status != RunStatus::Success)
+                            .map(|v| v.instance_uuid.to_string())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 this.maybe_retry(&run, failed).await;
             }
@@ -356,7 +502,10 @@ impl Runner {
             {
                 active.progress.insert(p.vm.clone(), p.clone());
             }
-            this.emit(RunEvent::Progress { run_id: run.clone(), progress: p });
+            this.emit(RunEvent::Progress {
+                run_id: run.clone(),
+                progress: p,
+            });
         })
     }
 
@@ -368,35 +517,76 @@ impl Runner {
             .and_then(|s| BackupId::parse(s).map_err(|e| e.to_string()))
     }
 
-    async fn execute_verify(&self, run: &Run, cancel: &CancellationToken) -> (RunStatus, Option<String>) {
+    async fn execute_verify(
+        &self,
+        run: &Run,
+        cancel: &CancellationToken,
+    ) -> (RunStatus, Option<String>) {
         let ctx = &self.inner.ctx;
         let id = match Self::backup_param(run) {
             Ok(id) => id,
             Err(e) => return (RunStatus::Failed, Some(e)),
         };
-        self.log(&run.id, "info", format!("verifying backup {id}")).await;
-        match ctx.backend.verify(id.clone(), self.progress_sink(&run.id), cancel.clone()).await {
+        self.log(&run.id, "info", format!("verifying backup {id}"))
+            .await;
+        match ctx
+            .backend
+            .verify(id.clone(), self.progress_sink(&run.id), cancel.clone())
+            .await
+        {
             Ok(outcome) => {
                 let ok = outcome.ok;
-                let summary = if ok { "verify passed".to_owned() } else { format!("verify found damage: {}", outcome.problems.join("; ")) };
-                if let Err(e) = ctx.db.backup_set_verified(id, outcome, ctx.clock.now()).await {
-                    return (RunStatus::Failed, Some(format!("cannot record the verify result: {e}")));
+                let summary = if ok {
+                    "verify passed".to_owned()
+                } else {
+                    format!("verify found damage: {}", outcome.problems.join("; "))
+                };
+                if let Err(e) = ctx
+                    .db
+                    .backup_set_verified(id, outcome, ctx.clock.now())
+                    .await
+                {
+                    return (
+                        RunStatus::Failed,
+                        Some(format!("cannot record the verify result: {e}")),
+                    );
                 }
-                (if ok { RunStatus::Success } else { RunStatus::Failed }, Some(summary))
+                (
+                    if ok {
+                        RunStatus::Success
+                    } else {
+                        RunStatus::Failed
+                    },
+                    Some(summary),
+                )
             }
             Err(e) => (RunStatus::Failed, Some(format!("verify failed: {e}"))),
         }
     }
 
-    async fn execute_restore(&self, run: &Run, cancel: &CancellationToken) -> (RunStatus, Option<String>) {
+    async fn execute_restore(
+        &self,
+        run: &Run,
+        cancel: &CancellationToken,
+    ) -> (RunStatus, Option<String>) {
         let ctx = &self.inner.ctx;
         let id = match Self::backup_param(run) {
             Ok(id) => id,
             Err(e) => return (RunStatus::Failed, Some(e)),
         };
-        let target: RestoreTarget = match run.params.get("restore").cloned().map(serde_json::from_value) {
+        let target: RestoreTarget = match run
+            .params
+            .get("restore")
+            .cloned()
+            .map(serde_json::from_value)
+        {
             Some(Ok(t)) => t,
-            _ => return (RunStatus::Failed, Some("run has no valid restore target".into())),
+            _ => {
+                return (
+                    RunStatus::Failed,
+                    Some("run has no valid restore target".into()),
+                );
+            }
         };
         let vcenter = match &target {
             RestoreTarget::NewVm { vcenter_id, .. } => match ctx.target(vcenter_id.clone()).await {
@@ -405,23 +595,45 @@ impl Runner {
             },
             RestoreTarget::Directory { .. } => None,
         };
-        self.log(&run.id, "info", format!("restoring backup {id}")).await;
-        match ctx.backend.restore(id, target, vcenter, self.progress_sink(&run.id), cancel.clone()).await {
+        self.log(&run.id, "info", format!("restoring backup {id}"))
+            .await;
+        match ctx
+            .backend
+            .restore(
+                id,
+                target,
+                vcenter,
+                self.progress_sink(&run.id),
+                cancel.clone(),
+            )
+            .await
+        {
             Ok(()) => (RunStatus::Success, Some("restore finished".into())),
             Err(e) => (RunStatus::Failed, Some(format!("restore failed: {e}"))),
         }
     }
 
-    async fn execute_gc(&self, run: &Run, cancel: &CancellationToken) -> (RunStatus, Option<String>) {
+    async fn execute_gc(
+        &self,
+        run: &Run,
+        cancel: &CancellationToken,
+    ) -> (RunStatus, Option<String>) {
         let ctx = &self.inner.ctx;
         if let Some(m) = ctx.db.maintenance() {
             return (RunStatus::Failed, Some(format!("GC refused: {m}")));
         }
-        self.log(&run.id, "info", "garbage collection started".into()).await;
+        self.log(&run.id, "info", "garbage collection started".into())
+            .await;
         match ctx.backend.gc(cancel.clone()).await {
-            Ok(freed) => (RunStatus::Success, Some(format!("garbage collection freed {freed} bytes"))),
+            Ok(freed) => (
+                RunStatus::Success,
+                Some(format!("garbage collection freed {freed} bytes")),
+            ),
             Err(BackendError::Cancelled(r)) => (RunStatus::Cancelled, Some(r)),
-            Err(e) => (RunStatus::Failed, Some(format!("garbage collection failed: {e}"))),
+            Err(e) => (
+                RunStatus::Failed,
+                Some(format!("garbage collection failed: {e}")),
+            ),
         }
     }
 }

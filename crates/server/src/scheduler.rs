@@ -44,8 +44,9 @@ impl CronSchedule {
                 "must have exactly five fields: minute hour day-of-month month day-of-week",
             ));
         }
-        let cron = Cron::from_str(expr)
-            .map_err(|e| FieldError::new("schedule.cron", format!("invalid cron expression: {e}")))?;
+        let cron = Cron::from_str(expr).map_err(|e| {
+            FieldError::new("schedule.cron", format!("invalid cron expression: {e}"))
+        })?;
         let tz = if tz.len() > 64 {
             None
         } else {
@@ -126,7 +127,9 @@ pub fn tick(
         .map_or(next_run, |l| l.max(next_run));
     let next = schedule.next_after(now);
     let deadline = match window_minutes {
-        Some(minutes) => latest.checked_add(SignedDuration::from_mins(i64::from(minutes))).ok(),
+        Some(minutes) => latest
+            .checked_add(SignedDuration::from_mins(i64::from(minutes)))
+            .ok(),
         None => schedule.next_after(latest),
     };
     let in_window = deadline.is_none_or(|d| now < d);
@@ -177,7 +180,9 @@ pub async fn run(
                         Ok(None) => {
                             tracing::info!(job = %entry.job_id, ?decision, "schedule advanced without a new run");
                         }
-                        Err(e) => tracing::error!(job = %entry.job_id, error = %e, "cannot apply schedule tick"),
+                        Err(e) => {
+                            tracing::error!(job = %entry.job_id, error = %e, "cannot apply schedule tick")
+                        }
                     }
                 }
                 match db.earliest_next_run().await {
@@ -305,7 +310,11 @@ mod tests {
         let fired = simulate(&s, "2026-03-28T00:00:00Z", "2026-03-31T00:00:00Z");
         let local: Vec<_> = fired
             .iter()
-            .map(|t| t.to_zoned(TimeZone::get("Europe/Berlin").unwrap()).datetime().to_string())
+            .map(|t| {
+                t.to_zoned(TimeZone::get("Europe/Berlin").unwrap())
+                    .datetime()
+                    .to_string()
+            })
             .collect();
         // 2026-03-29 02:30 does not exist in Berlin; it runs at 03:00 local (01:00 UTC).
         assert_eq!(

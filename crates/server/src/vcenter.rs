@@ -227,10 +227,14 @@ pub fn check_url(text: &str, allow_http: bool) -> Result<url::Url, String> {
     match url.host() {
         None => return Err("has no host".into()),
         Some(url::Host::Ipv4(ip)) if forbidden(IpAddr::V4(ip)) => {
-            return Err(format!("address {ip} is not allowed (link-local, multicast or unspecified)"));
+            return Err(format!(
+                "address {ip} is not allowed (link-local, multicast or unspecified)"
+            ));
         }
         Some(url::Host::Ipv6(ip)) if forbidden(IpAddr::V6(ip)) => {
-            return Err(format!("address {ip} is not allowed (link-local, multicast or unspecified)"));
+            return Err(format!(
+                "address {ip} is not allowed (link-local, multicast or unspecified)"
+            ));
         }
         Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("metadata.google.internal") => {
             return Err("cloud metadata hosts are not allowed".into());

@@ -3,3 +3,5 @@
 
 pub(crate) mod version;
 pub(crate) mod vms;
+pub(crate) mod apikey;
+pub(crate) mod serve;

@@ -26,14 +26,23 @@ enum Command {
     Version(cmd::version::Args),
     /// Virtual machines of a vCenter (`vms list`).
     Vms(cmd::vms::Args),
+    /// Run the service: REST API, scheduler, job runner, metrics.
+    Serve(cmd::serve::Args),
+    /// API keys for the REST API (`apikey create`).
+    Apikey(cmd::apikey::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve(args) = &cli.command {
+        cmd::serve::init_logging(args);
+    }
     output::init_logging();
     let result = match cli.command {
         Command::Version(args) => cmd::version::run(args),
         Command::Vms(args) => cmd::vms::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Apikey(args) => cmd::apikey::run(args),
     };
     output::finish(result)
 }

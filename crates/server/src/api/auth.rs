@@ -107,7 +107,11 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// The middleware that authenticates every request of the protected router.
-pub(crate) async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+pub(crate) async fn require_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
     Caller::from_request_parts(&mut parts, &state).await?;
     Ok(next.run(Request::from_parts(parts, body)).await)

@@ -53,9 +53,17 @@ pub struct RestoreRequest {
 /// Lists completed backups with their manifests.
 #[utoipa::path(get, path = "/api/v1/backups", tag = "backups", params(ListQuery),
     responses((status = 200, body = BackupList), (status = 400, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<BackupList>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<BackupList>, ApiError> {
     caller.require(Permission::Read)?;
-    let page = Pagination { limit: q.limit, cursor: q.cursor }.page()?;
+    let page = Pagination {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .page()?;
     if q.vm.as_ref().is_some_and(|v| v.len() > 512) {
         return Err(ApiError::bad_request("vm must be at most 512 bytes"));
     }
@@ -65,7 +73,10 @@ pub(crate) async fn list(State(state): State<AppState>, caller: Caller, ApiQuery
         vm_name: q.vm,
     };
     let rows = state.ctx().db.backup_list(filter, page).await?;
-    Ok(Json(BackupList { items: rows.items, next_cursor: cursor(rows.next) }))
+    Ok(Json(BackupList {
+        items: rows.items,
+        next_cursor: cursor(rows.next),
+    }))
 }
 
 fn backup_id(raw: &str) -> Result<BackupId, ApiError> {
@@ -75,7 +86,11 @@ fn backup_id(raw: &str) -> Result<BackupId, ApiError> {
 /// One backup with its manifest.
 #[utoipa::path(get, path = "/api/v1/backups/{id}", tag = "backups", params(("id" = String, Path)),
     responses((status = 200, body = BackupRecord), (status = 400, body = Problem), (status = 404, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn get(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<String>) -> Result<Json<BackupRecord>, ApiError> {
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<BackupRecord>, ApiError> {
     caller.require(Permission::Read)?;
     Ok(Json(state.ctx().db.backup_get(backup_id(&id)?).await?))
 }
@@ -83,33 +98,60 @@ pub(crate) async fn get(State(state): State<AppState>, caller: Caller, ApiPath(i
 /// Starts a checksum verify of a backup; follow it as a run.
 #[utoipa::path(post, path = "/api/v1/backups/{id}/verify", tag = "backups", params(("id" = String, Path)),
     responses((status = 202, body = Run), (status = 400, body = Problem), (status = 404, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn verify(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<String>) -> Result<(StatusCode, Json<Run>), ApiError> {
+pub(crate) async fn verify(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<Run>), ApiError> {
     caller.require(Permission::Operate)?;
     let id = backup_id(&id)?;
     state.ctx().db.backup_get(id.clone()).await?;
     let mut run = NewRun::queued(RunKind::Verify, None, Trigger::Manual);
     run.params = serde_json::json!({ "backup_id": id });
-    Ok((StatusCode::ACCEPTED, Json(state.runner().submit(run).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(state.runner().submit(run).await?),
+    ))
 }
 
 /// Starts a restore of a backup; follow it as a run.
 #[utoipa::path(post, path = "/api/v1/backups/{id}/restore", tag = "backups", params(("id" = String, Path)), request_body = RestoreRequest,
     responses((status = 202, body = Run), (status = 400, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn restore(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<String>, ApiJson(req): ApiJson<RestoreRequest>) -> Result<(StatusCode, Json<Run>), ApiError> {
+pub(crate) async fn restore(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<RestoreRequest>,
+) -> Result<(StatusCode, Json<Run>), ApiError> {
     caller.require(Permission::Operate)?;
     let id = backup_id(&id)?;
     match &req.to {
         RestoreTarget::Directory { path } => {
             let p = std::path::Path::new(path);
-            if !p.is_absolute() || path.len() > 4096 || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                return Err(ApiError::invalid(vec![FieldError::new("to.path", "must be an absolute path without '..'")]));
+            if !p.is_absolute()
+                || path.len() > 4096
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(ApiError::invalid(vec![FieldError::new(
+                    "to.path",
+                    "must be an absolute path without '..'",
+                )]));
             }
         }
-        RestoreTarget::NewVm { vcenter_id, name, datastore, .. } => {
+        RestoreTarget::NewVm {
+            vcenter_id,
+            name,
+            datastore,
+            ..
+        } => {
             state.ctx().db.vcenter_get(vcenter_id.clone()).await?;
             let mut errors = Vec::new();
             if name.is_empty() || name.chars().count() > 80 || name.chars().any(char::is_control) {
-                errors.push(FieldError::new("to.name", "must be 1-80 characters without control characters"));
+                errors.push(FieldError::new(
+                    "to.name",
+                    "must be 1-80 characters without control characters",
+                ));
             }
             if datastore.is_empty() || datastore.len() > 256 {
                 errors.push(FieldError::new("to.datastore", "must be 1-256 characters"));
@@ -122,5 +164,8 @@ pub(crate) async fn restore(State(state): State<AppState>, caller: Caller, ApiPa
     state.ctx().db.backup_get(id.clone()).await?;
     let mut run = NewRun::queued(RunKind::Restore, None, Trigger::Manual);
     run.params = serde_json::json!({ "backup_id": id, "restore": req.to });
-    Ok((StatusCode::ACCEPTED, Json(state.runner().submit(run).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(state.runner().submit(run).await?),
+    ))
 }

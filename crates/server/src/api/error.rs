@@ -134,7 +134,9 @@ impl From<BackendError> for ApiError {
 impl From<crate::runner::CancelError> for ApiError {
     fn from(e: crate::runner::CancelError) -> Self {
         match e {
-            crate::runner::CancelError::AlreadyEnded(..) => Self::new(StatusCode::CONFLICT, e.to_string()),
+            crate::runner::CancelError::AlreadyEnded(..) => {
+                Self::new(StatusCode::CONFLICT, e.to_string())
+            }
             crate::runner::CancelError::Db(e) => e.into(),
         }
     }
@@ -155,7 +157,10 @@ impl IntoResponse for ApiError {
         {
             let id = request_id();
             tracing::error!(request_id = %id, status = self.status.as_u16(), error = %self.detail, "request failed");
-            (format!("internal error; quote request id {id} when reporting it"), Some(id))
+            (
+                format!("internal error; quote request id {id} when reporting it"),
+                Some(id),
+            )
         } else {
             (self.detail, None)
         };
@@ -167,7 +172,10 @@ impl IntoResponse for ApiError {
             errors: self
                 .errors
                 .into_iter()
-                .map(|e| ProblemField { field: e.field, message: e.message })
+                .map(|e| ProblemField {
+                    field: e.field,
+                    message: e.message,
+                })
                 .collect(),
             request_id,
         };

@@ -111,15 +111,13 @@ impl Pagination {
                 "limit must be between 1 and {MAX_LIMIT}, got {limit}"
             )));
         }
-        let after = match &self.cursor {
-            None => None,
-            Some(c) => Some(
-                c.parse::<i64>()
-                    .ok()
-                    .filter(|v| *v >= 0)
-                    .ok_or_else(|| ApiError::bad_request("cursor is not a value this API returned"))?,
-            ),
-        };
+        let after =
+            match &self.cursor {
+                None => None,
+                Some(c) => Some(c.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+                    ApiError::bad_request("cursor is not a value this API returned")
+                })?),
+            };
         Ok(Page { limit, after })
     }
 }

@@ -13,8 +13,8 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Pagination, cursor};
 use crate::AppState;
 use crate::backend::Progress;
-use crate::db::{Page, RunFilter};
 use crate::db::JobRow;
+use crate::db::{Page, RunFilter};
 use crate::ids::JobId;
 use crate::jobs::retention::{self, Candidate, RetentionPlan};
 use crate::jobs::{Job, JobSpec};
@@ -94,12 +94,35 @@ fn next_run_for(spec: &JobSpec, now: Timestamp) -> Option<Timestamp> {
 async fn view(state: &AppState, row: JobRow) -> Result<JobView, ApiError> {
     let db = &state.ctx().db;
     let recent = db
-        .run_list(RunFilter { job_id: Some(row.job.id.clone()), status: None }, Page { limit: 5, after: None })
+        .run_list(
+            RunFilter {
+                job_id: Some(row.job.id.clone()),
+                status: None,
+            },
+            Page {
+                limit: 5,
+                after: None,
+            },
+        )
         .await?;
-    let active_run = recent.items.iter().find(|r| !r.status.is_terminal()).cloned();
-    let last_run = recent.items.iter().find(|r| r.status.is_terminal()).cloned();
-    let status = active_run.as_ref().map_or("idle", |r| r.status.as_str()).to_owned();
-    let progress = active_run.as_ref().map(|r| state.runner().progress(&r.id)).unwrap_or_default();
+    let active_run = recent
+        .items
+        .iter()
+        .find(|r| !r.status.is_terminal())
+        .cloned();
+    let last_run = recent
+        .items
+        .iter()
+        .find(|r| r.status.is_terminal())
+        .cloned();
+    let status = active_run
+        .as_ref()
+        .map_or("idle", |r| r.status.as_str())
+        .to_owned();
+    let progress = active_run
+        .as_ref()
+        .map(|r| state.runner().progress(&r.id))
+        .unwrap_or_default();
     Ok(JobView {
         job: row.job,
         next_run: row.next_run,
@@ -116,10 +139,12 @@ async fn check_sources(state: &AppState, spec: &JobSpec) -> Result<(), ApiError>
     for (i, s) in spec.sources.iter().enumerate() {
         if let Err(e) = state.ctx().db.vcenter_get(s.vcenter_id.clone()).await {
             return Err(match e {
-                crate::db::Error::NotFound { .. } => ApiError::invalid(vec![crate::vcenter::FieldError::new(
-                    format!("sources[{i}].vcenter_id"),
-                    format!("no vCenter with id {}", s.vcenter_id),
-                )]),
+                crate::db::Error::NotFound { .. } => {
+                    ApiError::invalid(vec![crate::vcenter::FieldError::new(
+                        format!("sources[{i}].vcenter_id"),
+                        format!("no vCenter with id {}", s.vcenter_id),
+                    )])
+                }
                 other => other.into(),
             });
         }
@@ -130,21 +155,36 @@ async fn check_sources(state: &AppState, spec: &JobSpec) -> Result<(), ApiError>
 /// Lists jobs across all vCenters (the unified dashboard).
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
     responses((status = 200, body = JobList), (status = 400, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<JobList>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<JobList>, ApiError> {
     caller.require(Permission::Read)?;
-    let page = Pagination { limit: q.limit, cursor: q.cursor }.page()?;
+    let page = Pagination {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .page()?;
     let rows = state.ctx().db.job_list(page).await?;
     let mut items = Vec::with_capacity(rows.items.len());
     for row in rows.items {
         items.push(view(&state, row).await?);
     }
-    Ok(Json(JobList { items, next_cursor: cursor(rows.next) }))
+    Ok(Json(JobList {
+        items,
+        next_cursor: cursor(rows.next),
+    }))
 }
 
 /// Creates a job.
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobSpec,
     responses((status = 201, body = JobView), (status = 409, body = Problem), (status = 422, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn create(State(state): State<AppState>, caller: Caller, ApiJson(spec): ApiJson<JobSpec>) -> Result<(StatusCode, Json<JobView>), ApiError> {
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(spec): ApiJson<JobSpec>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
     caller.require(Permission::Administer)?;
     check_sources(&state, &spec).await?;
     let now = state.ctx().clock.now();
@@ -158,7 +198,11 @@ pub(crate) async fn create(State(state): State<AppState>, caller: Caller, ApiJso
 /// One job: definition, status and live progress.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = JobView), (status = 400, body = Problem), (status = 404, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn get(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<JobId>) -> Result<Json<JobView>, ApiError> {
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<JobId>,
+) -> Result<Json<JobView>, ApiError> {
     caller.require(Permission::Read)?;
     let row = state.ctx().db.job_get(id).await?;
     Ok(Json(view(&state, row).await?))
@@ -167,7 +211,12 @@ pub(crate) async fn get(State(state): State<AppState>, caller: Caller, ApiPath(i
 /// Replaces a job's definition. The next run time changes only if the schedule changed.
 #[utoipa::path(put, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)), request_body = JobSpec,
     responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn update(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<JobId>, ApiJson(spec): ApiJson<JobSpec>) -> Result<Json<JobView>, ApiError> {
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<JobId>,
+    ApiJson(spec): ApiJson<JobSpec>,
+) -> Result<Json<JobView>, ApiError> {
     caller.require(Permission::Administer)?;
     check_sources(&state, &spec).await?;
     let now = state.ctx().clock.now();
@@ -180,7 +229,11 @@ pub(crate) async fn update(State(state): State<AppState>, caller: Caller, ApiPat
 /// Deletes a job (its run history and backups stay).
 #[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn delete(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<JobId>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<JobId>,
+) -> Result<StatusCode, ApiError> {
     caller.require(Permission::Administer)?;
     state.ctx().db.job_delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -189,23 +242,33 @@ pub(crate) async fn delete(State(state): State<AppState>, caller: Caller, ApiPat
 /// Runs a job now. 409 when it already has an active run (L2).
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/run", tag = "jobs", params(("id" = String, Path)),
     responses((status = 202, body = Run), (status = 404, body = Problem), (status = 409, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn run_now(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<JobId>) -> Result<(StatusCode, Json<Run>), ApiError> {
+pub(crate) async fn run_now(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<JobId>,
+) -> Result<(StatusCode, Json<Run>), ApiError> {
     caller.require(Permission::Operate)?;
-    let run = state.runner().submit(NewRun::queued(RunKind::Backup, Some(id), Trigger::Manual)).await?;
+    let run = state
+        .runner()
+        .submit(NewRun::queued(RunKind::Backup, Some(id), Trigger::Manual))
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(run)))
 }
 
 /// Cancels the job's active run.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = Run), (status = 404, body = Problem), (status = 409, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn cancel(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<JobId>) -> Result<Json<Run>, ApiError> {
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<JobId>,
+) -> Result<Json<Run>, ApiError> {
     caller.require(Permission::Operate)?;
     let db = &state.ctx().db;
     db.job_get(id.clone()).await?;
-    let active = db
-        .job_active_run(id)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the job has no active run to cancel"))?;
+    let active = db.job_active_run(id).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::CONFLICT, "the job has no active run to cancel")
+    })?;
     let reason = format!("cancelled by API key {}", caller.key_name);
     Ok(Json(state.runner().cancel(&active, &reason).await?))
 }
@@ -213,7 +276,11 @@ pub(crate) async fn cancel(State(state): State<AppState>, caller: Caller, ApiPat
 /// What the job's retention policy keeps and removes, per VM, and when the next purge happens.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/retention", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = RetentionPreview), (status = 404, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn retention_preview(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<JobId>) -> Result<Json<RetentionPreview>, ApiError> {
+pub(crate) async fn retention_preview(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<JobId>,
+) -> Result<Json<RetentionPreview>, ApiError> {
     caller.require(Permission::Read)?;
     let ctx = state.ctx();
     let row = ctx.db.job_get(id.clone()).await?;
@@ -221,12 +288,21 @@ pub(crate) async fn retention_preview(State(state): State<AppState>, caller: Cal
     let mut vms = Vec::new();
     for (uuid, name) in ctx.db.backup_vms_of_job(id.to_string()).await? {
         let backups = ctx.db.backups_of(id.to_string(), uuid.clone()).await?;
-        let candidates: Vec<Candidate> = backups.iter().map(|b| Candidate { id: b.id.clone(), taken: b.started }).collect();
+        let candidates: Vec<Candidate> = backups
+            .iter()
+            .map(|b| Candidate {
+                id: b.id.clone(),
+                taken: b.started,
+            })
+            .collect();
         vms.push(VmRetention {
             instance_uuid: uuid,
             vm_name: name,
             plan: retention::plan(&row.job.spec.retention, &candidates, now),
         });
     }
-    Ok(Json(RetentionPreview { next_purge: row.next_run, vms }))
+    Ok(Json(RetentionPreview {
+        next_purge: row.next_run,
+        vms,
+    }))
 }

@@ -24,29 +24,47 @@ pub struct CatalogSync {
 /// Repository usage (also exported as metrics).
 #[utoipa::path(get, path = "/api/v1/repository/stats", tag = "repository",
     responses((status = 200, body = RepoStats), (status = 503, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<RepoStats>, ApiError> {
+pub(crate) async fn stats(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<RepoStats>, ApiError> {
     caller.require(Permission::Read)?;
     let stats = state.ctx().backend.repo_stats().await?;
-    state.ctx().metrics.set_repository(stats.used_bytes, stats.free_bytes);
+    state
+        .ctx()
+        .metrics
+        .set_repository(stats.used_bytes, stats.free_bytes);
     Ok(Json(stats))
 }
 
 /// Starts a garbage collection; follow it as a run.
 #[utoipa::path(post, path = "/api/v1/repository/gc", tag = "repository",
     responses((status = 202, body = Run), (status = 503, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn gc(State(state): State<AppState>, caller: Caller) -> Result<(StatusCode, Json<Run>), ApiError> {
+pub(crate) async fn gc(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<(StatusCode, Json<Run>), ApiError> {
     caller.require(Permission::Administer)?;
     if let Some(m) = state.ctx().db.maintenance() {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("GC refused: {m}")));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("GC refused: {m}"),
+        ));
     }
-    let run = state.runner().submit(NewRun::queued(RunKind::Gc, None, Trigger::Manual)).await?;
+    let run = state
+        .runner()
+        .submit(NewRun::queued(RunKind::Gc, None, Trigger::Manual))
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(run)))
 }
 
 /// Rebuilds the catalog from the repository's manifests (disaster recovery of the server, R4).
 #[utoipa::path(post, path = "/api/v1/repository/rebuild-catalog", tag = "repository",
     responses((status = 200, body = CatalogSync), (status = 503, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn rebuild_catalog(State(state): State<AppState>, caller: Caller) -> Result<Json<CatalogSync>, ApiError> {
+pub(crate) async fn rebuild_catalog(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<CatalogSync>, ApiError> {
     caller.require(Permission::Administer)?;
     let (added, removed) = state.sync_catalog().await?;
     Ok(Json(CatalogSync { added, removed }))

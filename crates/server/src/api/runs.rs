@@ -80,17 +80,42 @@ pub struct LogQuery {
 /// Lists runs, newest first.
 #[utoipa::path(get, path = "/api/v1/runs", tag = "runs", params(ListQuery),
     responses((status = 200, body = RunList), (status = 400, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<RunList>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<RunList>, ApiError> {
     caller.require(Permission::Read)?;
-    let page = Pagination { limit: q.limit, cursor: q.cursor }.page()?;
-    let rows = state.ctx().db.run_list(RunFilter { job_id: q.job_id, status: q.status }, page).await?;
-    Ok(Json(RunList { items: rows.items, next_cursor: cursor(rows.next) }))
+    let page = Pagination {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .page()?;
+    let rows = state
+        .ctx()
+        .db
+        .run_list(
+            RunFilter {
+                job_id: q.job_id,
+                status: q.status,
+            },
+            page,
+        )
+        .await?;
+    Ok(Json(RunList {
+        items: rows.items,
+        next_cursor: cursor(rows.next),
+    }))
 }
 
 /// One run with per-VM results and live progress.
 #[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs", params(("id" = String, Path)),
     responses((status = 200, body = RunDetail), (status = 404, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn get(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<RunId>) -> Result<Json<RunDetail>, ApiError> {
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RunId>,
+) -> Result<Json<RunDetail>, ApiError> {
     caller.require(Permission::Read)?;
     let db = &state.ctx().db;
     let run = db.run_get(id.clone()).await?;
@@ -102,19 +127,35 @@ pub(crate) async fn get(State(state): State<AppState>, caller: Caller, ApiPath(i
 /// A run's log.
 #[utoipa::path(get, path = "/api/v1/runs/{id}/logs", tag = "runs", params(("id" = String, Path), LogQuery),
     responses((status = 200, body = LogPage), (status = 404, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn logs(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<RunId>, ApiQuery(q): ApiQuery<LogQuery>) -> Result<Json<LogPage>, ApiError> {
+pub(crate) async fn logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RunId>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Json<LogPage>, ApiError> {
     caller.require(Permission::Read)?;
-    let page = Pagination { limit: q.limit, cursor: q.cursor }.page()?;
+    let page = Pagination {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .page()?;
     let db = &state.ctx().db;
     db.run_get(id.clone()).await?;
     let rows = db.run_logs(id, page).await?;
-    Ok(Json(LogPage { items: rows.items, next_cursor: cursor(rows.next) }))
+    Ok(Json(LogPage {
+        items: rows.items,
+        next_cursor: cursor(rows.next),
+    }))
 }
 
 /// Cancels a queued or running run.
 #[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", tag = "runs", params(("id" = String, Path)),
     responses((status = 200, body = Run), (status = 404, body = Problem), (status = 409, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn cancel(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<RunId>) -> Result<Json<Run>, ApiError> {
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RunId>,
+) -> Result<Json<Run>, ApiError> {
     caller.require(Permission::Operate)?;
     let reason = format!("cancelled by API key {}", caller.key_name);
     Ok(Json(state.runner().cancel(&id, &reason).await?))
@@ -135,12 +176,19 @@ fn sse_event(event: &RunEvent) -> Event {
 /// current status; ends after the run's final status.
 #[utoipa::path(get, path = "/api/v1/runs/{id}/events", tag = "runs", params(("id" = String, Path)),
     responses((status = 200, content_type = "text/event-stream", body = RunEvent), (status = 404, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn events(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<RunId>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<RunId>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     caller.require(Permission::Read)?;
     // Subscribe before reading the status: no event can fall between the two.
     let rx = state.runner().subscribe();
     let run = state.ctx().db.run_get(id.clone()).await?;
-    let first = RunEvent::Status { run_id: id.clone(), status: run.status };
+    let first = RunEvent::Status {
+        run_id: id.clone(),
+        status: run.status,
+    };
     let done = run.status.is_terminal();
     let head = stream::iter(std::iter::once(Ok(sse_event(&first))));
     let tail = stream::unfold((rx, id, done), |(mut rx, id, done)| async move {
@@ -150,7 +198,8 @@ pub(crate) async fn events(State(state): State<AppState>, caller: Caller, ApiPat
         loop {
             match rx.recv().await {
                 Ok(event) if event.run_id() == &id => {
-                    let end = matches!(&event, RunEvent::Status { status, .. } if status.is_terminal());
+                    let end =
+                        matches!(&event, RunEvent::Status { status, .. } if status.is_terminal());
                     return Some((Ok(sse_event(&event)), (rx, id, end)));
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}

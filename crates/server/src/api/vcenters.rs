@@ -49,9 +49,17 @@ fn validate(input: &VcenterInput) -> Result<(), ApiError> {
 #[utoipa::path(get, path = "/api/v1/vcenters", tag = "vcenters", params(ListQuery),
     responses((status = 200, body = VcenterList), (status = 400, body = Problem), (status = 401, body = Problem)),
     security(("api_key" = [])))]
-pub(crate) async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<VcenterList>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<VcenterList>, ApiError> {
     caller.require(Permission::Read)?;
-    let page = Pagination { limit: q.limit, cursor: q.cursor }.page()?;
+    let page = Pagination {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .page()?;
     let rows = state.ctx().db.vcenter_list(page).await?;
     Ok(Json(VcenterList {
         items: rows.items.into_iter().map(|r| view(r.vcenter)).collect(),
@@ -63,7 +71,11 @@ pub(crate) async fn list(State(state): State<AppState>, caller: Caller, ApiQuery
 #[utoipa::path(post, path = "/api/v1/vcenters", tag = "vcenters", request_body = VcenterInput,
     responses((status = 201, body = Vcenter), (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("api_key" = [])))]
-pub(crate) async fn create(State(state): State<AppState>, caller: Caller, ApiJson(input): ApiJson<VcenterInput>) -> Result<(StatusCode, Json<Vcenter>), ApiError> {
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(input): ApiJson<VcenterInput>,
+) -> Result<(StatusCode, Json<Vcenter>), ApiError> {
     caller.require(Permission::Administer)?;
     validate(&input)?;
     let ctx = state.ctx();
@@ -73,7 +85,10 @@ pub(crate) async fn create(State(state): State<AppState>, caller: Caller, ApiJso
         .as_ref()
         .filter(|p| !p.expose().is_empty())
         .map(|p| ctx.key.seal(p.expose(), id.as_str()));
-    let row = ctx.db.vcenter_create(id, input, sealed, ctx.clock.now()).await?;
+    let row = ctx
+        .db
+        .vcenter_create(id, input, sealed, ctx.clock.now())
+        .await?;
     tracing::info!(vcenter = %row.vcenter.id, name = %row.vcenter.name, key = %caller.key_name, "vCenter saved");
     Ok((StatusCode::CREATED, Json(view(row.vcenter))))
 }
@@ -81,7 +96,11 @@ pub(crate) async fn create(State(state): State<AppState>, caller: Caller, ApiJso
 /// One vCenter.
 #[utoipa::path(get, path = "/api/v1/vcenters/{id}", tag = "vcenters", params(("id" = String, Path)),
     responses((status = 200, body = Vcenter), (status = 404, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn get(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<VcenterId>) -> Result<Json<Vcenter>, ApiError> {
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<VcenterId>,
+) -> Result<Json<Vcenter>, ApiError> {
     caller.require(Permission::Read)?;
     Ok(Json(state.ctx().vcenter(id).await?))
 }
@@ -91,7 +110,12 @@ pub(crate) async fn get(State(state): State<AppState>, caller: Caller, ApiPath(i
     request_body = VcenterInput,
     responses((status = 200, body = Vcenter), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("api_key" = [])))]
-pub(crate) async fn update(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<VcenterId>, ApiJson(input): ApiJson<VcenterInput>) -> Result<Json<Vcenter>, ApiError> {
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<VcenterId>,
+    ApiJson(input): ApiJson<VcenterInput>,
+) -> Result<Json<Vcenter>, ApiError> {
     caller.require(Permission::Administer)?;
     validate(&input)?;
     let ctx = state.ctx();
@@ -100,7 +124,10 @@ pub(crate) async fn update(State(state): State<AppState>, caller: Caller, ApiPat
         Some(p) if p.expose().is_empty() => PasswordChange::Clear,
         Some(p) => PasswordChange::Set(ctx.key.seal(p.expose(), id.as_str())),
     };
-    let row = ctx.db.vcenter_update(id, input, change, ctx.clock.now()).await?;
+    let row = ctx
+        .db
+        .vcenter_update(id, input, change, ctx.clock.now())
+        .await?;
     state.forget_inventory(&row.vcenter.id);
     Ok(Json(view(row.vcenter)))
 }
@@ -108,7 +135,11 @@ pub(crate) async fn update(State(state): State<AppState>, caller: Caller, ApiPat
 /// Deletes a vCenter no job uses.
 #[utoipa::path(delete, path = "/api/v1/vcenters/{id}", tag = "vcenters", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn delete(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<VcenterId>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<VcenterId>,
+) -> Result<StatusCode, ApiError> {
     caller.require(Permission::Administer)?;
     state.ctx().db.vcenter_delete(id.clone()).await?;
     state.forget_inventory(&id);
@@ -118,7 +149,11 @@ pub(crate) async fn delete(State(state): State<AppState>, caller: Caller, ApiPat
 /// Tests a saved connection: certificate thumbprint (to pin), trust, login.
 #[utoipa::path(post, path = "/api/v1/vcenters/{id}/test", tag = "vcenters", params(("id" = String, Path)),
     responses((status = 200, body = ConnectionInfo), (status = 404, body = Problem), (status = 503, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn test_saved(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<VcenterId>) -> Result<Json<ConnectionInfo>, ApiError> {
+pub(crate) async fn test_saved(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<VcenterId>,
+) -> Result<Json<ConnectionInfo>, ApiError> {
     caller.require(Permission::Administer)?;
     let target = state.ctx().target(id).await?;
     Ok(Json(state.ctx().backend.test_connection(target).await?))
@@ -127,7 +162,11 @@ pub(crate) async fn test_saved(State(state): State<AppState>, caller: Caller, Ap
 /// Tests connection settings before saving them (nothing is stored).
 #[utoipa::path(post, path = "/api/v1/vcenters/test", tag = "vcenters", request_body = VcenterInput,
     responses((status = 200, body = ConnectionInfo), (status = 422, body = Problem), (status = 503, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn test_unsaved(State(state): State<AppState>, caller: Caller, ApiJson(input): ApiJson<VcenterInput>) -> Result<Json<ConnectionInfo>, ApiError> {
+pub(crate) async fn test_unsaved(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(input): ApiJson<VcenterInput>,
+) -> Result<Json<ConnectionInfo>, ApiError> {
     caller.require(Permission::Administer)?;
     validate(&input)?;
     let target = VcenterTarget {

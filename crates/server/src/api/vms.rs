@@ -52,9 +52,17 @@ pub struct ListQuery {
 /// Lists VMs of all vCenters (inventory cached for 30 s).
 #[utoipa::path(get, path = "/api/v1/vms", tag = "vms", params(ListQuery),
     responses((status = 200, body = VmList), (status = 400, body = Problem), (status = 404, body = Problem)), security(("api_key" = [])))]
-pub(crate) async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<VmList>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<VmList>, ApiError> {
     caller.require(Permission::Read)?;
-    let page = Pagination { limit: q.limit, cursor: q.cursor }.page()?;
+    let page = Pagination {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .page()?;
     let ctx = state.ctx();
     let vcenters = match q.vcenter_id {
         Some(id) => vec![ctx.vcenter(id).await?],
@@ -84,10 +92,24 @@ pub(crate) async fn list(State(state): State<AppState>, caller: Caller, ApiQuery
             Err(e) => errors.push(format!("vCenter {}: {}", vc.name, e)),
         }
     }
-    rows.sort_by(|a, b| (&a.vcenter, &a.vm.name, &a.vm.instance_uuid).cmp(&(&b.vcenter, &b.vm.name, &b.vm.instance_uuid)));
+    rows.sort_by(|a, b| {
+        (&a.vcenter, &a.vm.name, &a.vm.instance_uuid).cmp(&(
+            &b.vcenter,
+            &b.vm.name,
+            &b.vm.instance_uuid,
+        ))
+    });
     let start = usize::try_from(page.after.unwrap_or(0)).unwrap_or(usize::MAX);
     let end = start.saturating_add(page.limit as usize);
     let next_cursor = (end < rows.len()).then(|| end.to_string());
-    let items = rows.into_iter().skip(start).take(page.limit as usize).collect();
-    Ok(Json(VmList { items, next_cursor, errors }))
+    let items = rows
+        .into_iter()
+        .skip(start)
+        .take(page.limit as usize)
+        .collect();
+    Ok(Json(VmList {
+        items,
+        next_cursor,
+        errors,
+    }))
 }

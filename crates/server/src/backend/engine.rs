@@ -30,10 +30,14 @@ impl EngineBackend {
         Self { repo }
     }
 
-    fn unavailable<T: Send + 'static>(&self, what: &str) -> BoxFuture<'static, Result<T, BackendError>> {
+    fn unavailable<T: Send + 'static>(
+        &self,
+        what: &str,
+    ) -> BoxFuture<'static, Result<T, BackendError>> {
         let message = match &self.repo {
             None if what != "vcenter" => {
-                "no backup repository is configured (set `repo` in vbm.toml or pass --repo)".to_owned()
+                "no backup repository is configured (set `repo` in vbm.toml or pass --repo)"
+                    .to_owned()
             }
             _ => format!("this vbm build cannot reach the {what} yet: the engine is not linked in"),
         };
@@ -42,11 +46,17 @@ impl EngineBackend {
 }
 
 impl Backend for EngineBackend {
-    fn test_connection(&self, _target: VcenterTarget) -> BoxFuture<'static, Result<ConnectionInfo, BackendError>> {
+    fn test_connection(
+        &self,
+        _target: VcenterTarget,
+    ) -> BoxFuture<'static, Result<ConnectionInfo, BackendError>> {
         self.unavailable("vcenter")
     }
 
-    fn list_vms(&self, _target: VcenterTarget) -> BoxFuture<'static, Result<Vec<VmSummary>, BackendError>> {
+    fn list_vms(
+        &self,
+        _target: VcenterTarget,
+    ) -> BoxFuture<'static, Result<Vec<VmSummary>, BackendError>> {
         self.unavailable("vcenter")
     }
 
@@ -60,7 +70,11 @@ impl Backend for EngineBackend {
         self.unavailable("repository")
     }
 
-    fn sweep_snapshots(&self, _target: VcenterTarget, _vm: InstanceUuid) -> BoxFuture<'static, Result<u32, BackendError>> {
+    fn sweep_snapshots(
+        &self,
+        _target: VcenterTarget,
+        _vm: InstanceUuid,
+    ) -> BoxFuture<'static, Result<u32, BackendError>> {
         self.unavailable("vcenter")
     }
 
@@ -68,7 +82,12 @@ impl Backend for EngineBackend {
         self.unavailable("repository")
     }
 
-    fn verify(&self, _backup: BackupId, _progress: ProgressSink, _cancel: CancellationToken) -> BoxFuture<'static, Result<VerifyOutcome, BackendError>> {
+    fn verify(
+        &self,
+        _backup: BackupId,
+        _progress: ProgressSink,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'static, Result<VerifyOutcome, BackendError>> {
         self.unavailable("repository")
     }
 

@@ -32,7 +32,12 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn api_key_create(&self, name: String, hash: [u8; 32], now: Timestamp) -> Result<ApiKeyRecord> {
+    pub async fn api_key_create(
+        &self,
+        name: String,
+        hash: [u8; 32],
+        now: Timestamp,
+    ) -> Result<ApiKeyRecord> {
         let id = ApiKeyId::generate();
         self.write(move |c| {
             c.execute(
@@ -82,7 +87,10 @@ impl Db {
                 params![id.as_str(), to_millis(now)],
             )?;
             if n == 0 {
-                return Err(Error::NotFound { what: "API key", id: id.to_string() });
+                return Err(Error::NotFound {
+                    what: "API key",
+                    id: id.to_string(),
+                });
             }
             Ok(())
         })

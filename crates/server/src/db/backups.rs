@@ -79,7 +79,11 @@ fn i(v: u64) -> i64 {
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<(i64, BackupRecord)> {
     let conv = |e: &dyn std::fmt::Display| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.to_string().into())
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            e.to_string().into(),
+        )
     };
     let problems: Option<String> = r.get(15)?;
     let manifest: String = r.get(16)?;
@@ -179,10 +183,17 @@ impl Db {
     /// [`Error::NotFound`].
     pub async fn backup_get(&self, id: BackupId) -> Result<BackupRecord> {
         self.read(move |c| {
-            c.query_row(&format!("SELECT {COLUMNS} FROM backups WHERE id = ?1"), [id.as_str()], from_row)
-                .optional()?
-                .map(|(_, b)| b)
-                .ok_or_else(|| Error::NotFound { what: "backup", id: id.to_string() })
+            c.query_row(
+                &format!("SELECT {COLUMNS} FROM backups WHERE id = ?1"),
+                [id.as_str()],
+                from_row,
+            )
+            .optional()?
+            .map(|(_, b)| b)
+            .ok_or_else(|| Error::NotFound {
+                what: "backup",
+                id: id.to_string(),
+            })
         })
         .await
     }
@@ -191,7 +202,11 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn backup_list(&self, filter: BackupFilter, page: Page) -> Result<Paged<BackupRecord>> {
+    pub async fn backup_list(
+        &self,
+        filter: BackupFilter,
+        page: Page,
+    ) -> Result<Paged<BackupRecord>> {
         self.read(move |c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {COLUMNS} FROM backups WHERE seq < ?1 AND (?2 IS NULL OR job_id = ?2)
@@ -200,7 +215,13 @@ impl Db {
             ))?;
             let rows = stmt
                 .query_map(
-                    params![page.after.unwrap_or(i64::MAX), filter.job_id, filter.instance_uuid, filter.vm_name, limit_plus_one(page)],
+                    params![
+                        page.after.unwrap_or(i64::MAX),
+                        filter.job_id,
+                        filter.instance_uuid,
+                        filter.vm_name,
+                        limit_plus_one(page)
+                    ],
                     from_row,
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -213,7 +234,11 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn backups_of(&self, job_id: String, instance_uuid: String) -> Result<Vec<BackupRecord>> {
+    pub async fn backups_of(
+        &self,
+        job_id: String,
+        instance_uuid: String,
+    ) -> Result<Vec<BackupRecord>> {
         self.read(move |c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {COLUMNS} FROM backups WHERE job_id = ?1 AND instance_uuid = ?2 ORDER BY started DESC"
@@ -261,7 +286,12 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::NotFound`].
-    pub async fn backup_set_verified(&self, id: BackupId, outcome: VerifyOutcome, now: Timestamp) -> Result<()> {
+    pub async fn backup_set_verified(
+        &self,
+        id: BackupId,
+        outcome: VerifyOutcome,
+        now: Timestamp,
+    ) -> Result<()> {
         let problems = serde_json::to_string(&outcome.problems)?;
         self.write(move |c| {
             let n = c.execute(

@@ -85,7 +85,12 @@ fn conflict_or(e: rusqlite::Error, spec: &JobSpec) -> Error {
     }
 }
 
-fn write_links(tx: &Transaction<'_>, id: &JobId, spec: &JobSpec, next_run: Option<Timestamp>) -> Result<()> {
+fn write_links(
+    tx: &Transaction<'_>,
+    id: &JobId,
+    spec: &JobSpec,
+    next_run: Option<Timestamp>,
+) -> Result<()> {
     tx.execute("DELETE FROM job_vcenters WHERE job_id = ?1", [id.as_str()])?;
     for source in &spec.sources {
         tx.execute(
@@ -115,7 +120,12 @@ impl Db {
     ///
     /// # Errors
     /// [`Error::Conflict`] for a duplicate name or an unknown vCenter.
-    pub async fn job_create(&self, spec: JobSpec, next_run: Option<Timestamp>, now: Timestamp) -> Result<JobRow> {
+    pub async fn job_create(
+        &self,
+        spec: JobSpec,
+        next_run: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<JobRow> {
         let id = JobId::generate();
         let text = serde_json::to_string(&spec)?;
         self.write(move |c| {
@@ -149,7 +159,10 @@ impl Db {
         self.read(move |c| {
             let ids: Vec<(i64, String)> = c
                 .prepare("SELECT rowid, id FROM jobs WHERE rowid > ?1 ORDER BY rowid LIMIT ?2")?
-                .query_map(params![page.after.unwrap_or(0), limit_plus_one(page)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(
+                    params![page.after.unwrap_or(0), limit_plus_one(page)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
                 .collect::<rusqlite::Result<_>>()?;
             let mut rows = Vec::with_capacity(ids.len());
             for (seq, id) in ids {
@@ -195,7 +208,11 @@ impl Db {
             let tx = c.transaction()?;
             let old = load(&tx, &id)?;
             let same_schedule = old.job.spec.schedule == spec.schedule;
-            let next_run = if same_schedule { old.next_run } else { fresh_next_run };
+            let next_run = if same_schedule {
+                old.next_run
+            } else {
+                fresh_next_run
+            };
             tx.execute(
                 "UPDATE jobs SET name = ?2, spec = ?3, updated_at = ?4 WHERE id = ?1",
                 params![id.as_str(), spec.name, text, to_millis(now)],
@@ -223,7 +240,10 @@ impl Db {
             }
             let n = tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])?;
             if n == 0 {
-                return Err(Error::NotFound { what: "job", id: id.to_string() });
+                return Err(Error::NotFound {
+                    what: "job",
+                    id: id.to_string(),
+                });
             }
             tx.commit()?;
             Ok(())
@@ -243,7 +263,13 @@ impl Db {
             )?;
             let rows = stmt
                 .query_map([to_millis(now)], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, i64>(4)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.into_iter()
@@ -284,7 +310,12 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn apply_tick(&self, entry: &DueSchedule, decision: &Tick, now: Timestamp) -> Result<Option<RunId>> {
+    pub async fn apply_tick(
+        &self,
+        entry: &DueSchedule,
+        decision: &Tick,
+        now: Timestamp,
+    ) -> Result<Option<RunId>> {
         let entry = entry.clone();
         let decision = decision.clone();
         self.write(move |c| {

@@ -161,7 +161,9 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         run(&conn).unwrap();
         run(&conn).unwrap();
-        let v: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, latest());
     }
 
@@ -169,6 +171,11 @@ mod tests {
     fn newer_database_is_refused() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("PRAGMA user_version = 999").unwrap();
-        assert!(run(&conn).unwrap_err().to_string().contains("newer than this vbm"));
+        assert!(
+            run(&conn)
+                .unwrap_err()
+                .to_string()
+                .contains("newer than this vbm")
+        );
     }
 }

@@ -21,11 +21,7 @@ const COLUMNS: &str = "seq, id, kind, job_id, job_name, trigger, status, attempt
     scheduled_for, not_before, created_at, started_at, finished_at, reason, params";
 
 fn bad(e: impl std::fmt::Display) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        0,
-        rusqlite::types::Type::Text,
-        e.to_string().into(),
-    )
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.to_string().into())
 }
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<(i64, Run)> {
@@ -67,7 +63,9 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(i64, Run)> {
 pub(super) fn insert(c: &Connection, run: &NewRun, now: Timestamp) -> Result<RunId> {
     let job_name: Option<String> = match &run.job_id {
         Some(id) => c
-            .query_row("SELECT name FROM jobs WHERE id = ?1", [id.as_str()], |r| r.get(0))
+            .query_row("SELECT name FROM jobs WHERE id = ?1", [id.as_str()], |r| {
+                r.get(0)
+            })
             .optional()?,
         None => None,
     };
@@ -156,11 +154,16 @@ impl Db {
             let tx = c.transaction()?;
             if let Some(job) = &run.job_id {
                 let exists: bool = tx
-                    .query_row("SELECT 1 FROM jobs WHERE id = ?1", [job.as_str()], |_| Ok(true))
+                    .query_row("SELECT 1 FROM jobs WHERE id = ?1", [job.as_str()], |_| {
+                        Ok(true)
+                    })
                     .optional()?
                     .unwrap_or(false);
                 if !exists {
-                    return Err(Error::NotFound { what: "job", id: job.to_string() });
+                    return Err(Error::NotFound {
+                        what: "job",
+                        id: job.to_string(),
+                    });
                 }
                 if run.kind == RunKind::Backup
                     && let Some(active) = active_run_of(&tx, job)?
@@ -277,7 +280,13 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn run_finish(&self, id: RunId, status: RunStatus, reason: Option<String>, now: Timestamp) -> Result<bool> {
+    pub async fn run_finish(
+        &self,
+        id: RunId,
+        status: RunStatus,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<bool> {
         self.write(move |c| {
             let n = c.execute(
                 "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1 AND status IN ('queued', 'running')",
@@ -343,7 +352,13 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn run_log(&self, run: RunId, level: &'static str, message: String, now: Timestamp) -> Result<LogLine> {
+    pub async fn run_log(
+        &self,
+        run: RunId,
+        level: &'static str,
+        message: String,
+        now: Timestamp,
+    ) -> Result<LogLine> {
         let message = escape_control(&message);
         self.write(move |c| {
             c.execute(
@@ -391,7 +406,9 @@ impl Db {
     pub async fn recover_interrupted(&self, now: Timestamp) -> Result<Vec<(Run, Vec<RunVm>)>> {
         let runs = self
             .read(|c| {
-                let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM runs WHERE status = 'running' ORDER BY seq"))?;
+                let mut stmt = c.prepare(&format!(
+                    "SELECT {COLUMNS} FROM runs WHERE status = 'running' ORDER BY seq"
+                ))?;
                 let rows = stmt
                     .query_map([], from_row)?
                     .map(|r| r.map(|(_, run)| run))

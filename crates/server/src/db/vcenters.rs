@@ -40,7 +40,11 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(i64, VcenterRow, String)> {
         VcenterRow {
             vcenter: Vcenter {
                 id: VcenterId::parse(&id).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
                 })?,
                 name: row.get(2)?,
                 url: row.get(3)?,
@@ -65,7 +69,10 @@ fn finish(raw: (i64, VcenterRow, String)) -> Result<(i64, VcenterRow)> {
 }
 
 fn unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::ConstraintViolation))
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::ConstraintViolation)
+    )
 }
 
 impl Db {
@@ -117,7 +124,10 @@ impl Db {
                 "SELECT {COLUMNS} FROM vcenters WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
             ))?;
             let rows = stmt
-                .query_map(params![page.after.unwrap_or(0), limit_plus_one(page)], from_row)?
+                .query_map(
+                    params![page.after.unwrap_or(0), limit_plus_one(page)],
+                    from_row,
+                )?
                 .map(|r| finish(r?))
                 .collect::<Result<Vec<_>>>()?;
             Ok(paged(rows, page))

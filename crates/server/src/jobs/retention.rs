@@ -144,7 +144,9 @@ pub fn plan(policy: &Retention, backups: &[Candidate], now: Timestamp) -> Retent
             let d = day(t);
             format!("{}-{}", d.year(), d.month())
         }),
-        (policy.keep_yearly, "keep_yearly", |t| day(t).year().to_string()),
+        (policy.keep_yearly, "keep_yearly", |t| {
+            day(t).year().to_string()
+        }),
     ];
     for (count, name, key) in buckets {
         let Some(count) = count else { continue };

@@ -50,7 +50,9 @@ impl VmSelection {
         ];
         for (name, list) in lists {
             for (i, item) in list.iter().enumerate() {
-                if item.is_empty() || item.chars().count() > 512 || item.chars().any(char::is_control)
+                if item.is_empty()
+                    || item.chars().count() > 512
+                    || item.chars().any(char::is_control)
                 {
                     errors.push(FieldError::new(
                         format!("{at}.{name}[{i}]"),
@@ -65,14 +67,12 @@ impl VmSelection {
     #[must_use]
     pub fn selects(&self, vm: &VmSummary) -> bool {
         let included = self.vms.contains(&vm.instance_uuid)
-            || self
-                .folders
-                .iter()
-                .any(|f| folder_contains(f, &vm.folder))
+            || self.folders.iter().any(|f| folder_contains(f, &vm.folder))
             || self.name_patterns.iter().any(|p| glob(p, &vm.name));
-        let excluded = self.exclude.iter().any(|e| {
-            e.eq_ignore_ascii_case(vm.instance_uuid.as_str()) || glob(e, &vm.name)
-        });
+        let excluded = self
+            .exclude
+            .iter()
+            .any(|e| e.eq_ignore_ascii_case(vm.instance_uuid.as_str()) || glob(e, &vm.name));
         included && !excluded
     }
 
@@ -163,7 +163,11 @@ mod tests {
             name_patterns: vec![],
             exclude: vec!["web-02".into()],
         };
-        let names: Vec<_> = sel.resolve(&inventory).iter().map(|v| v.name.clone()).collect();
+        let names: Vec<_> = sel
+            .resolve(&inventory)
+            .iter()
+            .map(|v| v.name.clone())
+            .collect();
         assert_eq!(names, ["db-01", "web-01"]);
         assert!(!folder_contains("prod/we", "prod/web"));
         assert!(folder_contains("prod", "prod/web"));

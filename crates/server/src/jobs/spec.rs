@@ -138,7 +138,13 @@ impl JobSpec {
         self.retention.validate(&mut errors);
         range(&mut errors, "concurrency", self.concurrency, 1, 64);
         range(&mut errors, "retries", self.retries, 0, 10);
-        range(&mut errors, "retry_delay_secs", self.retry_delay_secs, 0, 86_400);
+        range(
+            &mut errors,
+            "retry_delay_secs",
+            self.retry_delay_secs,
+            0,
+            86_400,
+        );
         if let Some(w) = self.window_minutes {
             range(&mut errors, "window_minutes", w, 1, 10_080);
         }

@@ -56,7 +56,10 @@ pub(super) async fn execute(
 ) -> (RunStatus, Option<String>) {
     let ctx = &runner.inner.ctx;
     let Some(job_id) = run.job_id.clone() else {
-        return (RunStatus::Failed, Some("the job of this run was deleted".into()));
+        return (
+            RunStatus::Failed,
+            Some("the job of this run was deleted".into()),
+        );
     };
     let job = match ctx.db.job_get(job_id).await {
         Ok(j) => j.job,
@@ -73,7 +76,13 @@ pub(super) async fn execute(
                 continue;
             }
         };
-        runner.log(&run.id, "info", format!("listing VMs of vCenter {}", target.name)).await;
+        runner
+            .log(
+                &run.id,
+                "info",
+                format!("listing VMs of vCenter {}", target.name),
+            )
+            .await;
         let inventory = match ctx.backend.list_vms(target.clone()).await {
             Ok(i) => i,
             Err(e) => {
@@ -82,10 +91,16 @@ pub(super) async fn execute(
             }
         };
         for vm in source.resolve(&inventory) {
-            if filter.as_ref().is_some_and(|f| !f.contains(vm.instance_uuid.as_str())) {
+            if filter
+                .as_ref()
+                .is_some_and(|f| !f.contains(vm.instance_uuid.as_str()))
+            {
                 continue;
             }
-            planned.push(Planned { target: target.clone(), vm: vm.clone() });
+            planned.push(Planned {
+                target: target.clone(),
+                vm: vm.clone(),
+            });
         }
     }
     for e in &source_errors {
@@ -100,7 +115,10 @@ pub(super) async fn execute(
         return (RunStatus::Failed, Some(reason));
     }
     for p in &planned {
-        let _ = ctx.db.run_vm_put(run.id.clone(), queued_vm(&p.target.id, &p.vm)).await;
+        let _ = ctx
+            .db
+            .run_vm_put(run.id.clone(), queued_vm(&p.target.id, &p.vm))
+            .await;
     }
     runner
         .log(&run.id, "info", format!("{} VM(s) selected", planned.len()))
@@ -110,7 +128,9 @@ pub(super) async fn execute(
         let gate = Arc::clone(&job_gate);
         let job = &job;
         async move {
-            let Ok(_permit) = gate.acquire_owned().await else { return false };
+            let Ok(_permit) = gate.acquire_owned().await else {
+                return false;
+            };
             backup_vm(runner, run, job, p, cancel).await
         }
     }))
@@ -150,19 +170,44 @@ async fn choose_mode(runner: &Runner, job: &Job, vm: &InstanceUuid) -> BackupMod
     }
 }
 
-async fn backup_vm(runner: &Runner, run: &Run, job: &Job, p: Planned, cancel: &CancellationToken) -> bool {
+async fn backup_vm(
+    runner: &Runner,
+    run: &Run,
+    job: &Job,
+    p: Planned,
+    cancel: &CancellationToken,
+) -> bool {
     let ctx = &runner.inner.ctx;
-    let labels = JobVm { job: job.spec.name.clone(), vm: p.vm.name.clone() };
+    let labels = JobVm {
+        job: job.spec.name.clone(),
+        vm: p.vm.name.clone(),
+    };
     let mut record = queued_vm(&p.target.id, &p.vm);
-    if runner.inner.gates.vm_busy(&p.target.id, &p.vm.instance_uuid) {
+    if runner
+        .inner
+        .gates
+        .vm_busy(&p.target.id, &p.vm.instance_uuid)
+    {
         runner
-            .log(&run.id, "info", format!("VM {} is being backed up by another run; waiting", p.vm.name))
+            .log(
+                &run.id,
+                "info",
+                format!(
+                    "VM {} is being backed up by another run; waiting",
+                    p.vm.name
+                ),
+            )
             .await;
     }
     let Some(pass) = runner
         .inner
         .gates
-        .enter(&p.target.id, &p.vm.instance_uuid, p.vm.host.as_deref(), cancel)
+        .enter(
+            &p.target.id,
+            &p.vm.instance_uuid,
+            p.vm.host.as_deref(),
+            cancel,
+        )
         .await
     else {
         record.status = RunStatus::Cancelled;
@@ -173,9 +218,25 @@ async fn backup_vm(runner: &Runner, run: &Run, job: &Job, p: Planned, cancel: &C
     let mode = choose_mode(runner, job, &p.vm.instance_uuid).await;
     record.status = RunStatus::Running;
     record.started_at = Some(ctx.clock.now());
-    record.mode = Some(match mode { BackupMode::Full => "full", BackupMode::Incremental => "incremental" }.into());
+    record.mode = Some(
+        match mode {
+            BackupMode::Full => "full",
+            BackupMode::Incremental => "incremental",
+        }
+        .into(),
+    );
     let _ = ctx.db.run_vm_put(run.id.clone(), record.clone()).await;
-    runner.log(&run.id, "info", format!("backing up VM {} ({})", p.vm.name, record.mode.as_deref().unwrap_or(""))).await;
+    runner
+        .log(
+            &run.id,
+            "info",
+            format!(
+                "backing up VM {} ({})",
+                p.vm.name,
+                record.mode.as_deref().unwrap_or("")
+            ),
+        )
+        .await;
     ctx.metrics.running_backups(1);
     let started = Instant::now();
     let task = BackupTask {
@@ -187,7 +248,12 @@ async fn backup_vm(runner: &Runner, run: &Run, job: &Job, p: Planned, cancel: &C
     };
     let result = ctx
         .backend
-        .backup(p.target.clone(), task, runner.progress_sink(&run.id), cancel.clone())
+        .backup(
+            p.target.clone(),
+            task,
+            runner.progress_sink(&run.id),
+            cancel.clone(),
+        )
         .await;
     ctx.metrics.running_backups(-1);
     drop(pass);
@@ -211,19 +277,37 @@ async fn backup_vm(runner: &Runner, run: &Run, job: &Job, p: Planned, cancel: &C
                 entry.finished.as_second(),
             );
             for w in &record.warnings {
-                runner.log(&run.id, "warn", format!("VM {}: {w}", p.vm.name)).await;
+                runner
+                    .log(&run.id, "warn", format!("VM {}: {w}", p.vm.name))
+                    .await;
             }
-            if let Err(e) = ctx.db.backup_record(entry.clone(), Some(run.id.clone())).await {
+            if let Err(e) = ctx
+                .db
+                .backup_record(entry.clone(), Some(run.id.clone()))
+                .await
+            {
                 runner.log(&run.id, "error", format!("backup {} is in the repository but not in the catalog yet ({e}); the next catalog sync adds it", entry.id)).await;
             }
-            runner.log(&run.id, "info", format!("VM {} backed up as {}", p.vm.name, entry.id)).await;
+            runner
+                .log(
+                    &run.id,
+                    "info",
+                    format!("VM {} backed up as {}", p.vm.name, entry.id),
+                )
+                .await;
             true
         }
         Err(e) => {
-            record.status = if matches!(e, BackendError::Cancelled(_)) { RunStatus::Cancelled } else { RunStatus::Failed };
+            record.status = if matches!(e, BackendError::Cancelled(_)) {
+                RunStatus::Cancelled
+            } else {
+                RunStatus::Failed
+            };
             record.error = Some(e.to_string());
             ctx.metrics.backup_failed(&labels);
-            runner.log(&run.id, "error", format!("VM {} failed: {e}", p.vm.name)).await;
+            runner
+                .log(&run.id, "error", format!("VM {} failed: {e}", p.vm.name))
+                .await;
             false
         }
     };
@@ -241,22 +325,58 @@ async fn apply_retention(runner: &Runner, run: &Run, job: &Job, vm: &VmSummary) 
     if ctx.db.maintenance().is_some() {
         return;
     }
-    let Ok(backups) = ctx.db.backups_of(job.id.to_string(), vm.instance_uuid.to_string()).await else { return };
-    let candidates: Vec<Candidate> = backups.iter().map(|b| Candidate { id: b.id.clone(), taken: b.started }).collect();
+    let Ok(backups) = ctx
+        .db
+        .backups_of(job.id.to_string(), vm.instance_uuid.to_string())
+        .await
+    else {
+        return;
+    };
+    let candidates: Vec<Candidate> = backups
+        .iter()
+        .map(|b| Candidate {
+            id: b.id.clone(),
+            taken: b.started,
+        })
+        .collect();
     let plan = retention::plan(&job.spec.retention, &candidates, ctx.clock.now());
     if plan.remove.is_empty() {
         return;
     }
     if let Some(why) = plan.blocked {
-        runner.log(&run.id, "warn", format!("retention for VM {} not applied: {why}", vm.name)).await;
+        runner
+            .log(
+                &run.id,
+                "warn",
+                format!("retention for VM {} not applied: {why}", vm.name),
+            )
+            .await;
         return;
     }
     let ids: Vec<_> = plan.remove.iter().map(|d| d.backup_id.clone()).collect();
     match ctx.backend.delete_backups(ids.clone()).await {
         Ok(()) => {
             let _ = ctx.db.backup_forget(ids.clone()).await;
-            runner.log(&run.id, "info", format!("retention removed {} backup(s) of VM {}", ids.len(), vm.name)).await;
+            runner
+                .log(
+                    &run.id,
+                    "info",
+                    format!(
+                        "retention removed {} backup(s) of VM {}",
+                        ids.len(),
+                        vm.name
+                    ),
+                )
+                .await;
         }
-        Err(e) => runner.log(&run.id, "warn", format!("retention for VM {} failed: {e}", vm.name)).await,
+        Err(e) => {
+            runner
+                .log(
+                    &run.id,
+                    "warn",
+                    format!("retention for VM {} failed: {e}", vm.name),
+                )
+                .await
+        }
     }
 }

@@ -40,9 +40,16 @@ impl Drop for Pass {
     }
 }
 
-fn semaphore<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, Arc<Semaphore>>>, key: K, size: u32) -> Arc<Semaphore> {
+fn semaphore<K: std::hash::Hash + Eq>(
+    map: &Mutex<HashMap<K, Arc<Semaphore>>>,
+    key: K,
+    size: u32,
+) -> Arc<Semaphore> {
     match map.lock() {
-        Ok(mut m) => Arc::clone(m.entry(key).or_insert_with(|| Arc::new(Semaphore::new(size as usize)))),
+        Ok(mut m) => Arc::clone(
+            m.entry(key)
+                .or_insert_with(|| Arc::new(Semaphore::new(size as usize))),
+        ),
         Err(_) => Arc::new(Semaphore::new(size as usize)),
     }
 }
@@ -64,7 +71,13 @@ impl Gates {
 
     /// Waits for the VM lock, then for a global, a vCenter and a host slot, in that order (a
     /// fixed order: no deadlock). `None` when cancelled while waiting.
-    pub async fn enter(self: &Arc<Self>, vcenter: &VcenterId, vm: &InstanceUuid, host: Option<&str>, cancel: &CancellationToken) -> Option<Pass> {
+    pub async fn enter(
+        self: &Arc<Self>,
+        vcenter: &VcenterId,
+        vm: &InstanceUuid,
+        host: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Option<Pass> {
         let key = (vcenter.clone(), vm.clone());
         loop {
             let released = self.vm_released.notified();
@@ -92,7 +105,11 @@ impl Gates {
             semaphore(&self.vcenters, vcenter.clone(), self.per_vcenter),
         ];
         if let Some(h) = host {
-            sems.push(semaphore(&self.hosts, (vcenter.clone(), h.to_owned()), self.per_host));
+            sems.push(semaphore(
+                &self.hosts,
+                (vcenter.clone(), h.to_owned()),
+                self.per_host,
+            ));
         }
         for sem in sems {
             tokio::select! {
@@ -148,13 +165,23 @@ mod tests {
         });
         let vc = VcenterId::generate();
         let cancel = CancellationToken::new();
-        let a = gates.enter(&vc, &InstanceUuid::generate(), None, &cancel).await.unwrap();
-        let _b = gates.enter(&vc, &InstanceUuid::generate(), Some("h1"), &cancel).await.unwrap();
+        let a = gates
+            .enter(&vc, &InstanceUuid::generate(), None, &cancel)
+            .await
+            .unwrap();
+        let _b = gates
+            .enter(&vc, &InstanceUuid::generate(), Some("h1"), &cancel)
+            .await
+            .unwrap();
         let waiting = {
             let g = Arc::clone(&gates);
             let c = cancel.clone();
             let vc = vc.clone();
-            tokio::spawn(async move { g.enter(&vc, &InstanceUuid::generate(), None, &c).await.is_some() })
+            tokio::spawn(async move {
+                g.enter(&vc, &InstanceUuid::generate(), None, &c)
+                    .await
+                    .is_some()
+            })
         };
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
@@ -163,6 +190,11 @@ mod tests {
         // Cancelling a waiter returns None.
         let c2 = CancellationToken::new();
         c2.cancel();
-        assert!(gates.enter(&vc, &InstanceUuid::generate(), None, &c2).await.is_none());
+        assert!(
+            gates
+                .enter(&vc, &InstanceUuid::generate(), None, &c2)
+                .await
+                .is_none()
+        );
     }
 }
