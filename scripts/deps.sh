@@ -9,6 +9,8 @@ packages=(
   e2fsprogs                         # mkfs.ext4 -d: realistic disk images for benchmarks
   util-linux                        # flock: one testbed build at a time
   ca-certificates
+  prometheus                        # promtool: vbm-server's /metrics test
+  faketime                          # vbm-server's clock-jump tests (T1)
 )
 
 missing=()

@@ -159,12 +159,34 @@ impl Metrics {
         self.running_backups.inc_by(delta);
     }
 
-    /// The exposition text.
+    /// The exposition text, Prometheus format 0.0.4. prometheus-client writes OpenMetrics
+    /// family names (`# TYPE backup_success counter` over `backup_success_total` samples); the
+    /// 0.0.4 format and promtool want the sample name in HELP/TYPE, so counters are renamed.
     #[must_use]
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
-            out.clear();
+        let mut raw = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut raw, &self.registry).is_err() {
+            return String::new();
+        }
+        let counters: Vec<&str> = raw
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(raw.len() + 64);
+        for line in raw.lines() {
+            let renamed = counters.iter().find_map(|name| {
+                for prefix in ["# HELP ", "# TYPE "] {
+                    if let Some(rest) = line.strip_prefix(prefix)
+                        && let Some(tail) = rest.strip_prefix(name)
+                        && tail.starts_with(' ')
+                    {
+                        return Some(format!("{prefix}{name}_total{tail}"));
+                    }
+                }
+                None
+            });
+            out.push_str(renamed.as_deref().unwrap_or(line));
+            out.push('\n');
         }
         out
     }
@@ -198,5 +220,28 @@ mod tests {
         }
         // Label values are escaped: one sample per line.
         assert!(text.contains(r#"vm="web \"01\"\n""#), "{text}");
+        // With samples in every family, promtool (when installed) must accept it too.
+        if let Ok(mut child) = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }

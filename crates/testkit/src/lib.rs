@@ -15,7 +15,9 @@
 //! ```
 
 mod control;
+mod server;
 mod testbed;
 
 pub use control::{Control, DiskInfo, Info, SnapshotInfo, VmInfo, VmSnapshots};
+pub use server::{Server, ServerOptions, vbm_binary};
 pub use testbed::{Testbed, TestbedOptions, repo_root};

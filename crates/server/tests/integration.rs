@@ -1,0 +1,12 @@
+//! API tests over real HTTP against the real `vbm serve` binary (started by
+//! `vbm_testkit::Server` on a free port with a temp data directory).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod integration {
+    mod bad_input;
+    mod common;
+    mod metrics;
+    mod restart;
+    mod routes;
+    mod secrets;
+}
