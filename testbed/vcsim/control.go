@@ -11,7 +11,6 @@ import (
 	"log"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -301,7 +300,7 @@ func (tb *Testbed) controlWrite(r *http.Request, vmID, keyText string) (interfac
 		"offset":         off,
 		"length":         n,
 		"end":            off + n,
-		"sha256":         sha256OrEmpty(sum),
+		"sha256":         sum,
 		"size":           size,
 		"change_tracked": tracked,
 	}
@@ -310,8 +309,6 @@ func (tb *Testbed) controlWrite(r *http.Request, vmID, keyText string) (interfac
 	}
 	return out, nil
 }
-
-func sha256OrEmpty(s string) string { return s }
 
 type resizeRequest struct {
 	Capacity int64 `json:"capacity"`
@@ -674,11 +671,6 @@ func (tb *Testbed) statsJSON() map[string]interface{} {
 	for _, n := range tb.stats.SOAPCalls {
 		soapTotal += n
 	}
-	methods := make([]string, 0, len(tb.stats.SOAPCalls))
-	for m := range tb.stats.SOAPCalls {
-		methods = append(methods, m)
-	}
-	sort.Strings(methods)
 	return map[string]interface{}{
 		"folder_get_bytes":    map[string]interface{}{"total": tb.stats.FolderGetBytes, "per_path": copyMap(tb.stats.FolderGetPerPath)},
 		"folder_put_bytes":    map[string]interface{}{"total": tb.stats.FolderPutBytes, "per_path": copyMap(tb.stats.FolderPutPerPath)},

@@ -122,7 +122,17 @@ func run() int {
 	case <-eof:
 		log.Printf("stdin closed: shutting down")
 	}
-	srv.close()
+	// Close waits for running requests; a stalled or throttled transfer must not keep us alive.
+	done := make(chan struct{})
+	go func() {
+		srv.close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		log.Printf("requests still running after 2s; exiting anyway")
+	}
 	cleanup()
 	return 0
 }
