@@ -31,3 +31,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "deps: installing cargo-nextest" >&2
   cargo install --locked cargo-nextest >&2
 fi
+
+# schemathesis (PyPI): vbm-server's schema-driven API test (FAULT-MATRIX I1).
+if ! command -v schemathesis >/dev/null 2>&1; then
+  echo "deps: installing schemathesis" >&2
+  python3 -m pip install -q schemathesis >&2 || pip3 install -q --break-system-packages schemathesis >&2
+fi

@@ -8,5 +8,6 @@ mod integration {
     mod metrics;
     mod restart;
     mod routes;
+    mod schemathesis;
     mod secrets;
 }

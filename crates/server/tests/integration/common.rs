@@ -35,7 +35,12 @@ pub(crate) async fn call(
 }
 
 /// Creates a vCenter and returns its id.
-pub(crate) async fn create_vcenter(server: &Server, name: &str, url: &str, password: &str) -> String {
+pub(crate) async fn create_vcenter(
+    server: &Server,
+    name: &str,
+    url: &str,
+    password: &str,
+) -> String {
     let (status, _, body) = call(
         server,
         "POST",
