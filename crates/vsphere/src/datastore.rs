@@ -439,12 +439,18 @@ impl Client {
     /// [`Error::Http`] (404 for a missing file), transport errors.
     pub async fn file_size(&self, file: &DatastoreFile) -> Result<u64> {
         let response = self.simple_request(reqwest::Method::HEAD, file).await?;
-        response.content_length().ok_or_else(|| Error::Http {
-            context: format!("HEAD {}", file.path),
-            status: response.status().as_u16(),
-            message: "no Content-Length".into(),
-            retry_after: None,
-        })
+        // Not `content_length()`: that is the body's size hint, always 0 for HEAD.
+        response
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| Error::Http {
+                context: format!("HEAD {}", file.path),
+                status: response.status().as_u16(),
+                message: "no Content-Length".into(),
+                retry_after: None,
+            })
     }
 
     /// Deletes a file over `/folder` (HTTP DELETE).
@@ -706,6 +712,8 @@ impl Client {
             .bool("modification", true)
             .bool("fileOwner", false)
             .end("details")
+            // vSphere lists everything without a pattern; vcsim 0.24 lists nothing without one.
+            .text("matchPattern", "*")
             .end("searchSpec");
         let method = "SearchDatastore_Task";
         let response = self
