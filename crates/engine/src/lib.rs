@@ -9,8 +9,28 @@
 //! (`vbm-server`) and the CLI call the same library functions and receive progress through an
 //! injected handle.
 
+pub mod backup;
+mod error;
 pub mod plan;
 pub mod progress;
+pub mod restore;
+pub mod snapshots;
 pub mod vmx;
 
+pub use backup::{
+    BackupOptions, BackupReport, ModeRequest, Timings, VmSelector, backup, resolve_vm, vm_key,
+};
+pub use error::{Error, Result};
 pub use progress::{Level, Meter, NoProgress, Phase, ProgressEvent, ProgressSink};
+pub use restore::{
+    DirOptions, InPlaceOptions, RestoreReport, RestoredFile, VcenterTarget, restore_in_place,
+    restore_to_dir, restore_to_vcenter,
+};
+pub use snapshots::{
+    RemovePolicy, RunId, SNAPSHOT_PREFIX, SweepReport, snapshot_name, sweep_all, sweep_snapshots,
+};
+
+// Re-exported so that callers (service, CLI) name the same types the engine uses.
+pub use tokio_util::sync::CancellationToken;
+pub use vbm_repo;
+pub use vbm_vsphere;

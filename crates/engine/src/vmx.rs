@@ -105,7 +105,7 @@ impl Vmx {
     /// - Changed Block Tracking state (`ctkEnabled`, `*.ctkEnabled`) is dropped: the restored disks
     ///   have no `-ctk.vmdk` files; vbm enables CBT again on the next backup.
     /// - host-specific paths (swap, logs) are dropped.
-    pub fn rewrite_for_restore(&mut self, name: &str, rename_disk: impl Fn(&str) -> String) {
+    pub fn rewrite_for_restore(&mut self, name: &str, mut rename_disk: impl FnMut(&str) -> String) {
         self.set("displayName", name);
         self.set("nvram", &format!("{name}.nvram"));
         let disks = self.disk_files();

@@ -1,7 +1,9 @@
 //! One module per top-level command. Every `run` returns the process exit code it wants, or an
 //! error that `output::finish` reports and turns into exit code 1.
 
+pub(crate) mod apikey;
+pub(crate) mod backup;
+pub(crate) mod restore;
+pub(crate) mod serve;
 pub(crate) mod version;
 pub(crate) mod vms;
-pub(crate) mod apikey;
-pub(crate) mod serve;

@@ -6,6 +6,8 @@
 
 mod cmd;
 mod output;
+mod progress_ui;
+mod repo_args;
 mod vcenter_args;
 
 use std::process::ExitCode;
@@ -24,12 +26,47 @@ struct Cli {
 enum Command {
     /// Print version and build information.
     Version(cmd::version::Args),
+    /// Back up one VM into a repository (CBT-incremental unless --full).
+    Backup(cmd::backup::Args),
+    /// Restore a backup to a directory, to vCenter as a new VM, or in place.
+    Restore(cmd::restore::Args),
     /// Virtual machines of a vCenter (`vms list`).
     Vms(cmd::vms::Args),
     /// Run the service: REST API, scheduler, job runner, metrics.
     Serve(cmd::serve::Args),
     /// API keys for the REST API (`apikey create`).
     Apikey(cmd::apikey::Args),
+}
+
+/// The async runtime of the CLI commands: two workers are plenty (the heavy work runs on the
+/// blocking pool).
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM, so that a running backup removes its snapshot and
+/// leaves no half backup. Abort the returned task when the work is done.
+pub(crate) fn cancel_on_signals(
+    token: vbm_engine::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!(
+            "interrupted: cancelling (removing the snapshot, discarding the partial backup)"
+        );
+        token.cancel();
+    })
 }
 
 fn main() -> ExitCode {
@@ -40,6 +77,8 @@ fn main() -> ExitCode {
     output::init_logging();
     let result = match cli.command {
         Command::Version(args) => cmd::version::run(args),
+        Command::Backup(args) => cmd::backup::run(args),
+        Command::Restore(args) => cmd::restore::run(args),
         Command::Vms(args) => cmd::vms::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Apikey(args) => cmd::apikey::run(args),
