@@ -91,6 +91,12 @@ impl VcenterArgs {
     /// As above.
     pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
         let options = self.connect_options()?;
-        Ok(Client::connect(options).await?)
+        match Client::connect(options).await {
+            Ok(client) => Ok(client),
+            Err(err @ vbm_vsphere::Error::Tls { .. }) => Err(anyhow::anyhow!(
+                "{err}; trust it with --ca-file (vCenter's root CA) or pin it with --thumbprint"
+            )),
+            Err(err) => Err(err.into()),
+        }
     }
 }

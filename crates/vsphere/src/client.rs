@@ -1,7 +1,7 @@
 //! The [`Client`]: one logged-in connection to a vCenter or ESXi, cheap to clone and safe to share
 //! across tasks.
 //!
-//! Every SOAP call goes through [`Client::invoke`], which adds what a long-running backup needs:
+//! Every SOAP call goes through `Client::invoke`, which adds what a long-running backup needs:
 //! a timeout per call, a transparent re-login (once) when the session has expired, and retries
 //! with jittered exponential backoff (honouring `Retry-After`) for transient failures — for every
 //! call when the request provably was not sent (connection refused, 503), otherwise only for

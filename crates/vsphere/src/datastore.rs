@@ -55,6 +55,14 @@ impl DatastoreFile {
         }
     }
 
+    /// Another file in the same directory (e.g. the flat extent named by a descriptor).
+    pub fn sibling(&self, name: &str) -> Self {
+        Self {
+            datacenter_path: self.datacenter_path.clone(),
+            path: self.path.parent().join(name),
+        }
+    }
+
     /// `/folder/<path>?dcPath=…&dsName=…` below `origin` (`https://host[:port]/`), with every
     /// path segment and query value percent-encoded.
     pub fn url(&self, origin: &url::Url) -> String {
@@ -431,6 +439,15 @@ impl Client {
             out.extend_from_slice(&chunk);
         }
         Ok(out)
+    }
+
+    /// Reads and parses a VMDK descriptor (at most 1 MiB).
+    ///
+    /// # Errors
+    /// As [`Client::get`]; [`Error::Descriptor`] when it is not a text descriptor.
+    pub async fn read_descriptor(&self, file: &DatastoreFile) -> Result<crate::vmdk::Descriptor> {
+        let bytes = self.get_bytes(file, 1 << 20).await?;
+        crate::vmdk::Descriptor::from_bytes(&bytes)
     }
 
     /// The file's size (HEAD).

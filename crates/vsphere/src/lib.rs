@@ -16,7 +16,7 @@
 //! - [`fault`] / [`error`]: typed faults and the crate's [`Error`] with [`Error::is_retryable`].
 //! - [`client`] / [`session`]: connect, TLS trust ([`tls`]), Login/Logout, transparent re-login,
 //!   timeouts and retries. One [`Client`] is `Clone + Send + Sync` and shared across tasks.
-//! - [`property_collector`] (private): RetrievePropertiesEx with paging and container views.
+//! - `property_collector` (private): RetrievePropertiesEx with paging and container views.
 //! - Object helpers: [`task`], [`inventory`], [`virtual_machine`], [`virtual_disk`], [`snapshot`],
 //!   [`cbt`] (QueryChangedDiskAreas), [`datastore`] (`/folder` transfers, directories), [`vmdk`].
 
@@ -58,3 +58,36 @@ pub use types::{ChangeId, DatastorePath, MoRef, decode_name, encode_name};
 pub use virtual_disk::{BackingFile, DiskMode, VirtualDisk};
 pub use virtual_machine::{PowerState, Vm, VmFile, VmQuestion, VmRef};
 pub use vmdk::{Descriptor, Extent, NewDescriptor};
+
+/// Compile-time checks: the client is shareable and its futures can be spawned.
+#[cfg(test)]
+mod send_sync {
+    use super::*;
+
+    fn is_send<T: Send>(_: &T) {}
+    fn is_shared<T: Clone + Send + Sync + 'static>() {}
+
+    #[allow(dead_code, clippy::let_underscore_future)]
+    async fn futures_are_send(c: &Client, vm: &MoRef, file: &DatastoreFile) {
+        is_shared::<Client>();
+        fn is_error<T: std::error::Error + Send + Sync + 'static>() {}
+        is_error::<Error>();
+        is_send(&c.list_vms());
+        is_send(&c.read_vm(vm));
+        is_send(&c.create_snapshot(vm, "n", "d", false, false));
+        is_send(&c.remove_snapshot(vm, false, true));
+        is_send(&c.query_changed_disk_areas(vm, vm, 1, &ChangeId::all(), 1));
+        is_send(&c.put(
+            file,
+            0,
+            futures_util::stream::empty::<std::io::Result<bytes::Bytes>>(),
+        ));
+        is_send(&c.get_range(file, 0, 1));
+        is_send(&c.logout());
+    }
+
+    #[test]
+    fn client_types_are_thread_safe() {
+        is_shared::<Client>();
+    }
+}

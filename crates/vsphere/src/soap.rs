@@ -2,7 +2,7 @@
 //! into either the method's response element or a typed fault.
 //!
 //! [`Transport`] is the seam between the protocol and the network: one request in, one HTTP status
-//! and body out. Production uses [`HttpTransport`] (reqwest + rustls, the session cookie); unit
+//! and body out. Production uses `HttpTransport` (reqwest + rustls, the session cookie); unit
 //! tests plug in a scripted fake and exercise everything above it without a server.
 
 use std::fmt;

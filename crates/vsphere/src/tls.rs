@@ -8,7 +8,7 @@
 //!
 //! Every verifier still checks the handshake signature with the presented certificate's key, so
 //! a pinned or insecure connection is at least bound to the certificate it accepted. Verifiers
-//! record why they refused in a [`TlsFailure`] slot: reqwest flattens handshake errors into text,
+//! record why they refused in a `TlsFailure` slot: reqwest flattens handshake errors into text,
 //! and the client turns the recorded reason into a typed error.
 
 use std::fmt;

@@ -131,6 +131,18 @@ impl Vm {
         self.flat_snapshots().into_iter().map(|s| s.name).collect()
     }
 
+    /// A file of this VM's datacenter as a `/folder` address (e.g. a disk's descriptor).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the VM's datacenter is unknown.
+    pub fn datastore_file(&self, path: DatastorePath) -> Result<crate::datastore::DatastoreFile> {
+        let dc = self
+            .datacenter_path
+            .clone()
+            .ok_or_else(|| Error::NotFound(format!("datacenter of VM {}", self.name)))?;
+        Ok(crate::datastore::DatastoreFile::new(dc, path))
+    }
+
     /// The disk with this device key.
     pub fn disk(&self, key: i32) -> Option<&VirtualDisk> {
         self.disks.iter().find(|d| d.key == key)

@@ -4,7 +4,7 @@
 use futures_util::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use vbm_vsphere::{ByteStream, Client, DatastoreFile, DatastorePath, Descriptor, Error, Vm};
+use vbm_vsphere::{ByteStream, Client, DatastoreFile, DatastorePath, Error, Vm};
 
 use super::common::{AWKWARD, connect, stat, testbed};
 
@@ -16,25 +16,15 @@ async fn collect(mut stream: ByteStream) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// The flat extent of a VM's first disk, found through its descriptor.
+/// The flat extent of a VM's disk, found through its descriptor.
 async fn flat_of(client: &Client, vm: &Vm, disk: usize) -> DatastoreFile {
-    let dc = vm.datacenter_path.clone().unwrap();
-    let descriptor_path = vm.disks[disk].datastore_path().unwrap();
-    let text = client
-        .get_bytes(
-            &DatastoreFile::new(dc.clone(), descriptor_path.clone()),
-            64 << 10,
-        )
-        .await
+    let descriptor_file = vm
+        .datastore_file(vm.disks[disk].datastore_path().unwrap())
         .unwrap();
-    let descriptor = Descriptor::from_bytes(&text).unwrap();
+    let descriptor = client.read_descriptor(&descriptor_file).await.unwrap();
     assert_eq!(descriptor.capacity_bytes(), vm.disks[disk].capacity_bytes);
-    DatastoreFile::new(
-        dc,
-        descriptor_path
-            .parent()
-            .join(descriptor.flat_extent_file().unwrap()),
-    )
+    assert!(!descriptor.has_parent());
+    descriptor_file.sibling(descriptor.flat_extent_file().unwrap())
 }
 
 #[tokio::test]
