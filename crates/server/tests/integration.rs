@@ -10,4 +10,5 @@ mod integration {
     mod routes;
     mod schemathesis;
     mod secrets;
+    mod vcenters;
 }
