@@ -264,6 +264,14 @@ impl Datastore {
     }
 }
 
+/// Types that can be above an entity (besides Datacenter), whose name and parent build paths.
+/// Supertypes only: a spec for `ComputeResource` covers clusters, `ResourcePool` covers vApps.
+pub(crate) const ANCESTOR_KINDS: &[&str] = &["Folder", "ResourcePool", "ComputeResource"];
+/// Leaf entity types whose datacenter callers ask for.
+const ENTITY_KINDS: &[&str] = &["VirtualMachine", "Datastore", "HostSystem", "Network"];
+/// Name and parent: enough to place an entity in the tree.
+pub(crate) const NAME_PARENT: &[&str] = &["name", "parent"];
+
 const FOLDER_PATHS: &[&str] = &["name", "parent", "childType"];
 const DATACENTER_PATHS: &[&str] = &[
     "name",
@@ -297,6 +305,9 @@ impl Client {
 
     async fn load_inventory(&self, with_vms: bool) -> Result<Inventory> {
         let root = self.service_content()?.root_folder;
+        // View types match exactly in vcsim (vCenter includes subtypes), so subtypes are listed;
+        // property specs name only the supertype, which both apply to subtypes — overlapping
+        // specs for a type and its subtype are avoided.
         let mut types = vec![
             "Folder",
             "Datacenter",
@@ -305,6 +316,7 @@ impl Client {
             "ClusterComputeResource",
             "HostSystem",
             "ResourcePool",
+            "VirtualApp",
         ];
         let mut specs = vec![
             PropertySpec {
@@ -321,10 +333,6 @@ impl Client {
             },
             PropertySpec {
                 kind: "ComputeResource",
-                paths: COMPUTE_PATHS,
-            },
-            PropertySpec {
-                kind: "ClusterComputeResource",
                 paths: COMPUTE_PATHS,
             },
             PropertySpec {
@@ -379,16 +387,19 @@ impl Client {
     /// [`crate::Error::NotFound`] when the entity has no datacenter above it; faults (a stale
     /// moref is ManagedObjectNotFound) and transport errors.
     pub async fn datacenter_of(&self, entity: &MoRef) -> Result<Datacenter> {
-        let specs = [
-            PropertySpec {
-                kind: "Datacenter",
-                paths: DATACENTER_PATHS,
-            },
-            PropertySpec {
-                kind: "ManagedEntity",
-                paths: &["name", "parent"],
-            },
-        ];
+        let mut specs = vec![PropertySpec {
+            kind: "Datacenter",
+            paths: DATACENTER_PATHS,
+        }];
+        specs.extend(
+            ENTITY_KINDS
+                .iter()
+                .chain(ANCESTOR_KINDS)
+                .map(|k| PropertySpec {
+                    kind: k,
+                    paths: NAME_PARENT,
+                }),
+        );
         let objects = self.retrieve_with_ancestors(&specs, entity).await?;
         let mut tree = Tree::default();
         for obj in &objects {

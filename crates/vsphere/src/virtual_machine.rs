@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::client::{CallKind, Client};
 use crate::error::{Error, Result};
-use crate::inventory::{DATASTORE_PATHS, Tree};
+use crate::inventory::{ANCESTOR_KINDS, DATASTORE_PATHS, NAME_PARENT, Tree};
 use crate::property_collector::{ObjectContent, PropertySpec};
 use crate::snapshot::{Snapshot, SnapshotTree};
 use crate::types::{DatastorePath, MoRef, decode_name};
@@ -278,15 +278,6 @@ const VM_READ_PATHS: &[&str] = &[
     "layoutEx",
 ];
 
-/// Types that can be above a VM, with the properties that build paths.
-const ANCESTOR_KINDS: &[&str] = &[
-    "Folder",
-    "ResourcePool",
-    "VirtualApp",
-    "ComputeResource",
-    "ClusterComputeResource",
-];
-const NAME_PARENT: &[&str] = &["name", "parent"];
 const DATACENTER_NAME_PARENT: &[&str] = &["name", "parent", "vmFolder"];
 
 /// A VM's identity, from a light listing.
