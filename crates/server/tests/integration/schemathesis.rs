@@ -37,6 +37,7 @@ async fn schemathesis_finds_no_server_error() {
     let key = server.api_key.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("schemathesis")
+            .current_dir(schema.parent().unwrap())
             .arg("run")
             .arg(&schema)
             .args(["--url", &url])
