@@ -253,6 +253,9 @@ pub(crate) fn sdk_url(text: &str) -> Result<url::Url> {
     }
     url.set_query(None);
     url.set_fragment(None);
+    if url.scheme() == "http" {
+        tracing::warn!(%url, "plain HTTP: credentials and data travel unencrypted");
+    }
     Ok(url)
 }
 

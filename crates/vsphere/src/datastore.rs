@@ -181,6 +181,8 @@ impl Client {
         let mut relogged = false;
         let mut retry = 0;
         loop {
+            // The login generation the cookie belongs to, read before the cookie itself.
+            let generation = self.login_count();
             let mut request = http.client.request(method.clone(), &url).timeout(timeout);
             if let Some(cookie) = http.cookie.header() {
                 request = request.header(reqwest::header::COOKIE, cookie);
@@ -190,7 +192,6 @@ impl Client {
                     let status = response.status().as_u16();
                     if (status == 401 || status == 403) && !relogged && !self.is_logged_out() {
                         relogged = true;
-                        let generation = self.login_count();
                         self.relogin(generation).await?;
                         continue;
                     }

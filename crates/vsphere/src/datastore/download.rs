@@ -65,6 +65,8 @@ impl Download {
         let whole = !self.ranged && self.next == 0;
         let mut relogged = false;
         loop {
+            // The login generation the cookie belongs to, read before the cookie itself.
+            let generation = self.client.login_count();
             let mut request = self.http.client.get(&self.url);
             if let Some(cookie) = self.http.cookie.header() {
                 request = request.header(reqwest::header::COOKIE, cookie);
@@ -96,7 +98,6 @@ impl Download {
             if (status == 401 || status == 403) && !relogged && !self.client.is_logged_out() {
                 // The session behind the cookie expired (N8): log in again and repeat.
                 relogged = true;
-                let generation = self.client.login_count();
                 self.client.relogin(generation).await?;
                 continue;
             }

@@ -84,6 +84,33 @@ async fn session_expiry_mid_sequence_is_recovered_by_one_relogin() {
         stat(&tb.control().stats().await.unwrap(), &["active_sessions"]),
         1
     );
+
+    // ... and so do concurrent downloads (401 on /folder).
+    tb.control()
+        .add_fault(json!({"kind": "session_expire"}))
+        .await
+        .unwrap();
+    let downloads = (0..3).map(|i| {
+        let c = client.clone();
+        let file = file.clone();
+        async move {
+            let mut stream = c.get_range(&file, i * 100, 100).unwrap();
+            let mut n = 0;
+            while let Some(chunk) = stream.next().await {
+                n += chunk.unwrap().len();
+            }
+            n
+        }
+    });
+    assert_eq!(
+        futures_util::future::join_all(downloads).await,
+        [100, 100, 100]
+    );
+    assert_eq!(client.login_count(), 7);
+    assert_eq!(
+        stat(&tb.control().stats().await.unwrap(), &["active_sessions"]),
+        1
+    );
     client.logout().await.unwrap();
     assert_eq!(
         stat(&tb.control().stats().await.unwrap(), &["active_sessions"]),
