@@ -165,6 +165,7 @@ pub async fn backup(
         warnings: Vec::new(),
         vm_label: options.vm.to_string(),
         timings: Timings::default(),
+        writer: None,
     };
     let result = ctx.run(started).await;
     if let Err(e) = &result {
@@ -187,6 +188,9 @@ struct Ctx<'a> {
     warnings: Vec<String>,
     vm_label: String,
     timings: Timings,
+    /// The backup being written, while the data phase runs: after a failure or cancel, it is
+    /// aborted once the workers that still hold it have finished.
+    writer: Option<Arc<BackupWriter>>,
 }
 
 /// A parent backup usable for incrementals.
@@ -314,6 +318,9 @@ impl Ctx<'_> {
         let mut pending = match data {
             Ok(p) => p,
             Err(e) => {
+                if let Some(writer) = self.writer.take() {
+                    discard(writer).await;
+                }
                 if let Err(re) = removed {
                     tracing::error!(vm = %self.vm_label, snapshot = %name, error = %re, "could not remove the snapshot after a failed backup; the next run removes it");
                 }
@@ -340,12 +347,13 @@ impl Ctx<'_> {
             manifest,
             bytes_read,
         } = pending;
+        // The repository may have moved the id on by a second (ids stay unique when the clock
+        // repeats itself): the writer's id is the truth, not the start time.
+        let backup_id = writer.id().clone();
         let manifest = tokio::task::spawn_blocking(move || writer.commit(manifest))
             .await
             .map_err(|e| Error::join(&e))??;
         self.timings.commit_seconds = commit_started.elapsed().as_secs_f64();
-        let backup_id =
-            BackupId::new(manifest.vm_key.clone(), manifest.started).map_err(Error::Repo)?;
         let report = BackupReport {
             backup_id: backup_id.clone(),
             mode: manifest.mode,
@@ -435,6 +443,7 @@ impl Ctx<'_> {
             .await
             .map_err(|e| Error::join(&e))??;
         let writer = Arc::new(writer);
+        self.writer = Some(writer.clone());
         let mut paths = PathAllocator::default();
         let mut files = Vec::new();
         let mut manifest_disks = Vec::new();
@@ -565,6 +574,7 @@ impl Ctx<'_> {
             });
         }
 
+        self.writer = None;
         let writer = Arc::try_unwrap(writer)
             .map_err(|_| Error::Internal("a disk worker still holds the backup writer".into()))?;
         let manifest = Manifest {
@@ -721,6 +731,34 @@ impl Ctx<'_> {
         }
         Ok((Arc::new(index), prev_id))
     }
+}
+
+/// Aborts an uncommitted backup once the worker tasks that still hold it are done, so that no
+/// partial backup directory outlives the failed or cancelled run.
+async fn discard(writer: Arc<BackupWriter>) {
+    let mut writer = writer;
+    for _ in 0..600 {
+        match Arc::try_unwrap(writer) {
+            Ok(w) => {
+                let id = w.id().clone();
+                match tokio::task::spawn_blocking(move || w.abort()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(backup = %id, error = %e, "could not remove the partial backup; GC removes it later")
+                    }
+                    Err(e) => {
+                        tracing::warn!(backup = %id, error = %e, "could not remove the partial backup; GC removes it later")
+                    }
+                }
+                return;
+            }
+            Err(shared) => {
+                writer = shared;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    tracing::warn!(backup = %writer.id(), "workers still hold the partial backup; it is removed when they finish");
 }
 
 async fn store_blob(

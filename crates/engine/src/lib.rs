@@ -15,6 +15,7 @@ pub mod plan;
 pub mod progress;
 pub mod restore;
 pub mod snapshots;
+pub mod verify;
 pub mod vmx;
 
 pub use backup::{
@@ -29,6 +30,7 @@ pub use restore::{
 pub use snapshots::{
     RemovePolicy, RunId, SNAPSHOT_PREFIX, SweepReport, snapshot_name, sweep_all, sweep_snapshots,
 };
+pub use verify::{VcenterFinding, VerifyOutcome, verify};
 
 // Re-exported so that callers (service, CLI) name the same types the engine uses.
 pub use tokio_util::sync::CancellationToken;
