@@ -252,6 +252,88 @@ mod tests {
         assert_eq!(size(3 << 40), "3.0 TiB");
     }
 
+    fn sample_vm() -> Vm {
+        use vbm_vsphere::{DatastorePath, DiskMode, MoRef, PowerState, VirtualDisk};
+        Vm {
+            moref: MoRef::new("VirtualMachine", "vm-1"),
+            name: "a%2fb".into(),
+            display_name: "a/b".into(),
+            instance_uuid: Some("5001-aa".into()),
+            bios_uuid: None,
+            vmx_path: Some(DatastorePath::new("ds 1", "a%2fb/a%2fb.vmx")),
+            power_state: PowerState::PoweredOn,
+            guest_os: "Debian".into(),
+            guest_id: "debian12_64Guest".into(),
+            hardware_version: "vmx-19".into(),
+            template: false,
+            host: None,
+            host_name: Some("esx1".into()),
+            resource_pool: None,
+            datastores: vec![],
+            datastore_names: vec![],
+            cbt_enabled: true,
+            consolidation_needed: false,
+            current_snapshot: None,
+            snapshots: vec![],
+            disks: vec![VirtualDisk {
+                key: 2000,
+                label: "Hard disk 1".into(),
+                file_name: "[ds 1] a%2fb/a%2fb.vmdk".into(),
+                capacity_bytes: 1 << 30,
+                thin: true,
+                disk_mode: DiskMode::Persistent,
+                controller_key: Some(1000),
+                unit_number: Some(0),
+                backing_type: "VirtualDiskFlatVer2BackingInfo".into(),
+                change_id: None,
+                datastore: None,
+                datastore_name: "ds 1".into(),
+                delta_disk_format: None,
+                uuid: None,
+                compatibility_mode: None,
+                parents: vec![],
+            }],
+            folder: None,
+            folder_path: "Prod/Web".into(),
+            inventory_path: "/DC/vm/Prod/Web/a%2fb".into(),
+            datacenter: None,
+            datacenter_path: Some("DC".into()),
+            files: vec![],
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let vm = sample_vm();
+        let value = serde_json::to_value(vm_json(&vm)).unwrap();
+        assert_eq!(value["name"], "a/b");
+        assert_eq!(value["raw_name"], "a%2fb");
+        assert_eq!(value["instance_uuid"], "5001-aa");
+        assert_eq!(value["power_state"], "poweredOn");
+        assert_eq!(value["folder"], "Prod/Web");
+        assert_eq!(value["snapshots"], serde_json::json!([]));
+        assert_eq!(value["disks"][0]["key"], 2000);
+        assert_eq!(value["disks"][0]["file"], "[ds 1] a%2fb/a%2fb.vmdk");
+        assert_eq!(value["disks"][0]["capacity_bytes"], 1u64 << 30);
+        let lines = table(&[&vm]);
+        assert!(lines[0].starts_with("NAME"));
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "a/b",
+                "poweredOn",
+                "DC/Prod/Web",
+                "1",
+                "(1.0",
+                "GiB)",
+                "-",
+                "on",
+                "5001-aa"
+            ]
+        );
+    }
+
     #[test]
     fn paths_decode_per_component() {
         assert_eq!(decode_path("Europe/a%2fb/50%25"), "Europe/a/b/50%");
