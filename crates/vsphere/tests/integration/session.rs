@@ -79,7 +79,7 @@ async fn thumbprint_pinning_accepts_the_right_and_refuses_a_wrong_certificate() 
         );
         assert!(!err.is_retryable());
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(5),
             "no retries after a mismatch"
         );
     }
@@ -136,5 +136,5 @@ async fn a_refused_connection_fails_fast_and_says_so() {
         err.to_string(),
         format!("cannot connect to vCenter 127.0.0.1:{port}: connection refused")
     );
-    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
 }
