@@ -10,6 +10,32 @@
 //! It must not know about backups, repositories, jobs or anything vbm does with the data: no
 //! dependency on `vbm-repo`, `vbm-engine` or `vbm-server`.
 //!
+//! ```no_run
+//! # async fn demo() -> vbm_vsphere::Result<()> {
+//! use vbm_vsphere::{ChangeId, Client, ConnectOptions, Thumbprint, Trust};
+//!
+//! let pin = Thumbprint::parse("AA:BB:…")?; // as vCenter shows it, SHA-256 or SHA-1
+//! let client = Client::connect(
+//!     ConnectOptions::new("vc.example.org", "backup@vsphere.local", "secret").trust(Trust::Pinned(pin)),
+//! )
+//! .await?;
+//! let vm = client.find_vm_by_instance_uuid("5001a2b3-…").await?;
+//! let snap = client.create_snapshot(&vm.moref, "vbm-run-1", "", false, true).await?;
+//! for disk in client.snapshot_disks(&snap).await? {
+//!     let areas = client
+//!         .query_changed_disk_areas(&vm.moref, &snap, disk.key, &ChangeId::all(), disk.capacity_bytes)
+//!         .await?;
+//!     let descriptor_file = vm.datastore_file(disk.datastore_path()?)?;
+//!     let flat = descriptor_file.sibling(client.read_descriptor(&descriptor_file).await?.flat_extent_file()?);
+//!     for area in areas {
+//!         let _bytes = client.get_range(&flat, area.start, area.length)?; // a resumable stream
+//!     }
+//! }
+//! client.remove_snapshot(&snap, false, true).await?;
+//! client.logout().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! ## Layers
 //! - [`soap`]: envelope, the [`Transport`] seam (one round trip), fault decoding; `xml` (private)
 //!   parses responses namespace-aware and writes requests in WSDL order.
