@@ -70,7 +70,8 @@ impl ProgressSink for TerminalProgress {
             if let Some(message) = &event.message {
                 match event.level {
                     Level::Warning => tracing::warn!(vm = %event.vm, "{message}"),
-                    Level::Error => tracing::error!(vm = %event.vm, "{message}"),
+                    // The command prints its error itself when it ends.
+                    Level::Error => tracing::debug!(vm = %event.vm, "{message}"),
                     Level::Info => {
                         tracing::info!(vm = %event.vm, phase = ?event.phase, "{message}")
                     }
@@ -79,12 +80,16 @@ impl ProgressSink for TerminalProgress {
             return;
         };
         if let Some(message) = &event.message {
-            let prefix = match event.level {
-                Level::Info => "",
-                Level::Warning => "warning: ",
-                Level::Error => "error: ",
-            };
-            let _ = multi.println(format!("{prefix}{message}"));
+            match event.level {
+                Level::Info => {
+                    let _ = multi.println(message);
+                }
+                Level::Warning => {
+                    let _ = multi.println(format!("warning: {message}"));
+                }
+                // The command prints its error itself when it ends.
+                Level::Error => {}
+            }
         }
         if let Some(disk) = &event.disk
             && event.bytes_total > 0
