@@ -86,6 +86,7 @@ pub struct Testbed {
     _stdin: Option<ChildStdin>,
     child: Child,
     _spec_file: Option<tempfile::NamedTempFile>,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Testbed {
@@ -119,9 +120,19 @@ impl Testbed {
         if let Some(password) = &options.password {
             cmd.args(["--password", password]);
         }
-        if let Some(dir) = &options.data_dir {
-            cmd.arg("--data-dir").arg(dir);
-        }
+        // The datastores live in a directory this struct owns: the testbed cannot clean up after
+        // itself when it is killed, and leftover datastores would fill /tmp run after run.
+        let owned_dir = match &options.data_dir {
+            Some(dir) => {
+                cmd.arg("--data-dir").arg(dir);
+                None
+            }
+            None => {
+                let dir = tempfile::Builder::new().prefix("vbm-testbed-").tempdir()?;
+                cmd.arg("--data-dir").arg(dir.path());
+                Some(dir)
+            }
+        };
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
@@ -160,6 +171,7 @@ impl Testbed {
             _stdin: stdin,
             child,
             _spec_file: spec_file,
+            _data_dir: owned_dir,
         })
     }
 
