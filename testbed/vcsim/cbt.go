@@ -200,27 +200,20 @@ func (tb *Testbed) syncVMLocked(vm *simulator.VirtualMachine) {
 		}
 	}
 	present := map[int32]bool{}
-	changed := false
+	ids := map[int32]string{}
 	for _, dev := range vmDisks(vm.Config.Hardware.Device) {
 		present[dev.Key] = true
 		d, err := tb.ensureDiskLocked(vm, vs, dev)
 		if err != nil {
 			continue
 		}
-		_, _, flat := diskBacking(dev)
-		if flat == nil {
-			continue
-		}
-		id := ""
 		d.mu.Lock()
 		if d.epoch != nil && !d.independent() {
-			id = d.changeID(d.seq)
+			ids[dev.Key] = d.changeID(d.seq)
+		} else {
+			ids[dev.Key] = ""
 		}
 		d.mu.Unlock()
-		if flat.ChangeId != id {
-			flat.ChangeId = id
-			changed = true
-		}
 	}
 	for key := range vs.disks {
 		if !present[key] {
@@ -228,10 +221,42 @@ func (tb *Testbed) syncVMLocked(vm *simulator.VirtualMachine) {
 		}
 	}
 	tb.mu.Unlock()
+	setChangeIDsLocked(vm, ids)
+}
+
+// setChangeIDsLocked puts changeIds on the VM's disk backings. The caller holds the VM's lock.
+func setChangeIDsLocked(vm *simulator.VirtualMachine, ids map[int32]string) {
+	editDisksLocked(vm, func(disk *types.VirtualDisk) bool {
+		id, ok := ids[disk.Key]
+		_, _, flat := diskBacking(disk)
+		if !ok || flat == nil || flat.ChangeId == id {
+			return false
+		}
+		flat.ChangeId = id
+		return true
+	})
+}
+
+// editDisksLocked replaces the VM's disks for which edit returns true by edited copies. Devices
+// are never changed in place: vcsim's snapshot config shares the device objects with the VM until
+// afterCreateSnapshot gives it its own, and readers of the snapshot only hold the snapshot's lock.
+// The caller holds the VM's lock.
+func editDisksLocked(vm *simulator.VirtualMachine, edit func(disk *types.VirtualDisk) bool) {
+	var out []types.BaseVirtualDevice
+	changed := false
+	for _, dev := range vm.Config.Hardware.Device {
+		if disk, ok := dev.(*types.VirtualDisk); ok {
+			c := deepCopy(disk).(*types.VirtualDisk)
+			if edit(c) {
+				out = append(out, c)
+				changed = true
+				continue
+			}
+		}
+		out = append(out, dev)
+	}
 	if changed {
-		simulator.Map.Update(vm, []types.PropertyChange{
-			{Name: "config.hardware.device", Val: vm.Config.Hardware.Device},
-		})
+		simulator.Map.Update(vm, []types.PropertyChange{{Name: "config.hardware.device", Val: out}})
 	}
 }
 
@@ -252,26 +277,24 @@ func (tb *Testbed) afterCreateSnapshot(vmRef, snapRef types.ManagedObjectReferen
 	var cfg types.VirtualMachineConfigInfo
 	simulator.Map.WithLock(vm, func() {
 		tb.syncVMLocked(vm)
+		ids := map[int32]string{}
 		tb.mu.Lock()
 		vs := tb.vms[vm.Self]
 		for _, dev := range vmDisks(vm.Config.Hardware.Device) {
 			d := vs.disks[dev.Key]
-			_, _, flat := diskBacking(dev)
-			if d == nil || flat == nil {
+			if d == nil {
 				continue
 			}
 			d.mu.Lock()
 			if d.epoch != nil && !d.independent() {
 				d.seq++
-				flat.ChangeId = d.changeID(d.seq)
+				ids[dev.Key] = d.changeID(d.seq)
 			}
 			d.mu.Unlock()
 		}
 		tb.mu.Unlock()
+		setChangeIDsLocked(vm, ids)
 		cfg = deepCopy(*vm.Config).(types.VirtualMachineConfigInfo)
-		simulator.Map.Update(vm, []types.PropertyChange{
-			{Name: "config.hardware.device", Val: vm.Config.Hardware.Device},
-		})
 	})
 	simulator.Map.WithLock(snap, func() { snap.Config = cfg })
 }

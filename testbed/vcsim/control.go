@@ -326,21 +326,20 @@ func (tb *Testbed) controlResize(r *http.Request, vmID, keyText string) (interfa
 	}
 	var rerr error
 	simulator.Map.WithLock(vm, func() {
-		for _, dev := range vmDisks(vm.Config.Hardware.Device) {
-			if dev.Key != d.key {
-				continue
-			}
-			if err := d.grow(req.Capacity); err != nil {
-				rerr = err
-				return
-			}
-			dev.CapacityInKB = req.Capacity / 1024
-			dev.CapacityInBytes = req.Capacity
-			if info := dev.DeviceInfo.GetDescription(); info != nil {
-				info.Summary = fmt.Sprintf("%d KB", dev.CapacityInKB)
-			}
+		if rerr = d.grow(req.Capacity); rerr != nil {
+			return
 		}
-		simulator.Map.Update(vm, []types.PropertyChange{{Name: "config.hardware.device", Val: vm.Config.Hardware.Device}})
+		editDisksLocked(vm, func(disk *types.VirtualDisk) bool {
+			if disk.Key != d.key {
+				return false
+			}
+			disk.CapacityInKB = req.Capacity / 1024
+			disk.CapacityInBytes = req.Capacity
+			if disk.DeviceInfo != nil {
+				disk.DeviceInfo.GetDescription().Summary = fmt.Sprintf("%s KB", groupThousands(disk.CapacityInKB))
+			}
+			return true
+		})
 		tb.syncVMLocked(vm)
 	})
 	if rerr != nil {
@@ -350,6 +349,15 @@ func (tb *Testbed) controlResize(r *http.Request, vmID, keyText string) (interfa
 	reset := d.epoch != nil
 	d.mu.Unlock()
 	return map[string]interface{}{"vm": vmName(vm.Self), "key": d.key, "capacity_bytes": req.Capacity, "cbt_epoch_reset": reset}, nil
+}
+
+// groupThousands formats 16384 as "16,384", as vCenter's disk summaries do.
+func groupThousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }
 
 func (tb *Testbed) controlCBTReset(vmID string) (interface{}, error) {

@@ -239,6 +239,7 @@ func (tb *Testbed) reconcileVM(vmRef types.ManagedObjectReference) {
 			return
 		}
 		dcRef, _ := datacenterOf(vm.Self)
+		uuids := map[int32]string{}
 		for i, dev := range vmDisks(vm.Config.Hardware.Device) {
 			fileName, dsRef, flat := diskBacking(dev)
 			local, _, err := tb.localPath(fileName, dsRef, dcRef)
@@ -255,12 +256,9 @@ func (tb *Testbed) reconcileVM(vmRef types.ManagedObjectReference) {
 			if flat != nil && flat.Uuid == "" {
 				if text, err := os.ReadFile(local); err == nil {
 					if desc, err := parseDescriptor(string(text)); err == nil && desc.UUID != [16]byte{} {
-						flat.Uuid = desc.backingUUID()
+						uuids[dev.Key] = desc.backingUUID()
 					}
 				}
-			}
-			if dev.CapacityInBytes == 0 {
-				dev.CapacityInBytes = dev.CapacityInKB * 1024
 			}
 			tb.mu.Lock()
 			var d *diskState
@@ -274,6 +272,19 @@ func (tb *Testbed) reconcileVM(vmRef types.ManagedObjectReference) {
 				}
 			}
 		}
+		// vcsim leaves capacityInBytes unset and the backing uuid empty; a real vCenter fills both.
+		editDisksLocked(vm, func(disk *types.VirtualDisk) bool {
+			changed := false
+			if disk.CapacityInBytes == 0 && disk.CapacityInKB > 0 {
+				disk.CapacityInBytes = disk.CapacityInKB * 1024
+				changed = true
+			}
+			if _, _, flat := diskBacking(disk); flat != nil && uuids[disk.Key] != "" && flat.Uuid == "" {
+				flat.Uuid = uuids[disk.Key]
+				changed = true
+			}
+			return changed
+		})
 		tb.syncVMLocked(vm)
 	})
 }
