@@ -6,6 +6,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path"
@@ -155,6 +156,11 @@ func parseDescriptor(text string) (*diskDescriptor, error) {
 			d.Adapter = v
 		case "ddb.virtualHWVersion":
 			d.HWVersion = v
+		case "ddb.uuid":
+			hexText := strings.NewReplacer(" ", "", "-", "").Replace(v)
+			if b, err := hex.DecodeString(hexText); err == nil && len(b) == 16 {
+				copy(d.UUID[:], b)
+			}
 		}
 	}
 	if len(d.Extents) == 0 {
