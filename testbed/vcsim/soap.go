@@ -154,6 +154,14 @@ func (tb *Testbed) serveSOAP(w http.ResponseWriter, r *http.Request) {
 	if rec.Code == http.StatusOK {
 		tb.afterSOAP(method, rec, cookie)
 	}
+	// vCenter scopes the session cookie to "/"; vcsim sets no Path, which makes a cookie jar scope
+	// it to the directory of the request URL (e.g. "/sdk" for /sdk/vimService) and then not send
+	// it to /folder.
+	for i, c := range rec.Header()["Set-Cookie"] {
+		if strings.HasPrefix(c, soap.SessionCookieName+"=") && !strings.Contains(strings.ToLower(c), "path=") {
+			rec.Header()["Set-Cookie"][i] = c + "; Path=/"
+		}
+	}
 	for k, v := range rec.Header() {
 		w.Header()[k] = v
 	}
