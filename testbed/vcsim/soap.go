@@ -76,9 +76,10 @@ func (tb *Testbed) serveSOAP(w http.ResponseWriter, r *http.Request) {
 	valid := cookie != "" && tb.sessions[cookie]
 	tb.mu.Unlock()
 
-	if cookie != "" && !valid {
-		// A cookie of an expired/terminated session must not reach vcsim: it might still know it,
-		// and vcsim refuses Login while a session is attached to the request.
+	if cookie != "" && (!valid || strings.HasPrefix(name, "Login")) {
+		// A cookie of an expired/terminated session must not reach vcsim. And vcsim refuses Login
+		// while a session is attached to the request, where vCenter simply logs in again (the
+		// client then holds the new cookie; the old session lives on until it is logged out).
 		stripSessionCookie(r)
 	}
 	if !valid && !anonymousMethods[name] {
