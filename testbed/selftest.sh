@@ -210,6 +210,9 @@ info=$(ctl GET /vms/web01)
 VM=$(jq -r .moref <<<"$info")
 CAP=$(jq -r '.disks[0].capacity_bytes' <<<"$info")
 eq "control info by instance uuid" "web01" "$(ctl GET "/vms/$(jq -r .instance_uuid <<<"$info")" | jq -r .name)"
+IUUID=$(jq -r .instance_uuid <<<"$info")
+soap "<FindByUuid xmlns=\"urn:vim25\"><_this type=\"SearchIndex\">SearchIndex</_this><uuid>${IUUID^^}</uuid><vmSearch>true</vmSearch><instanceUuid>true</instanceUuid></FindByUuid>" >/dev/null
+eq "FindByUuid with an upper-case instance UUID" "$VM" "$(xval returnval)"
 rp VirtualMachine "$VM" config.hardware.device >/dev/null
 check "a CBT VM's own disk backing carries a changeId" grep -q '<changeId>52 ' "$tmp/resp"
 

@@ -123,6 +123,9 @@ func (tb *Testbed) serveSOAP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if serveFindByUUID(w, method.Body) {
+		return
+	}
 	switch req := method.Body.(type) {
 	case *types.QueryChangedDiskAreas:
 		info, qerr := tb.queryChangedDiskAreas(req)
