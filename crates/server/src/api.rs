@@ -49,7 +49,7 @@ impl Modify for SecurityAddon {
     paths(
         health, metrics, openapi_json,
         vcenters::list, vcenters::create, vcenters::get, vcenters::update, vcenters::delete, vcenters::test_saved, vcenters::test_unsaved,
-        jobs::list, jobs::create, jobs::get, jobs::update, jobs::delete, jobs::run_now, jobs::cancel, jobs::retention_preview,
+        jobs::list, jobs::create, jobs::get, jobs::update, jobs::delete, jobs::run_now, jobs::cancel, jobs::retention_preview, jobs::retention_apply,
         runs::list, runs::get, runs::logs, runs::cancel, runs::events,
         vms::list,
         backups::list, backups::get, backups::verify, backups::restore,
@@ -98,6 +98,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
 #[utoipa::path(get, path = "/metrics", tag = "service",
     responses((status = 200, content_type = "text/plain", body = String), (status = 401, body = error::Problem)), security(("api_key" = [])))]
 pub(crate) async fn metrics(State(state): State<AppState>, _caller: Caller) -> Response {
+    state.refresh_metrics().await;
     let mut response = state.ctx().metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -154,7 +155,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/jobs/{id}/run", post(jobs::run_now))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/jobs/{id}/retention", get(jobs::retention_preview))
+        .route(
+            "/jobs/{id}/retention",
+            get(jobs::retention_preview).post(jobs::retention_apply),
+        )
         .route("/runs", get(runs::list))
         .route("/runs/{id}", get(runs::get))
         .route("/runs/{id}/logs", get(runs::logs))

@@ -41,6 +41,10 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Backup repository directory.
     pub repo: Option<PathBuf>,
+    /// Key file of an encrypted repository (default: the repository's default key location).
+    pub repo_key_file: Option<PathBuf>,
+    /// How backups read and store data.
+    pub engine: EngineConfig,
     /// Logging.
     pub log: LogConfig,
     /// Concurrency limits.
@@ -130,6 +134,9 @@ pub struct GcConfig {
     pub cron: String,
     /// Time zone of the expression.
     pub timezone: String,
+    /// Unreferenced chunks younger than this are kept (default: the grace period recorded in
+    /// the repository, one hour). Never shorter than the longest clock skew between writers.
+    pub grace_secs: Option<u64>,
 }
 
 impl Default for GcConfig {
@@ -137,6 +144,26 @@ impl Default for GcConfig {
         Self {
             cron: "0 4 * * 0".into(),
             timezone: "UTC".into(),
+            grace_secs: None,
+        }
+    }
+}
+
+/// `[engine]`: how backups read and store data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Parallel HTTP range requests per disk (1-64, default 4).
+    pub streams: u32,
+    /// Threads hashing, compressing and decoding chunks (0 = one per core).
+    pub workers: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            streams: 4,
+            workers: 0,
         }
     }
 }
@@ -185,6 +212,17 @@ impl Config {
                     "{name} must be between 1 and 256, got {v}"
                 )));
             }
+        }
+        if !(1..=64).contains(&self.engine.streams) {
+            return Err(Error::Invalid(format!(
+                "engine.streams must be between 1 and 64, got {}",
+                self.engine.streams
+            )));
+        }
+        if self.engine.workers > 256 {
+            return Err(Error::Invalid(
+                "engine.workers must be between 0 (one per core) and 256".into(),
+            ));
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit_bytes) {
             return Err(Error::Invalid(

@@ -45,6 +45,17 @@ pub(crate) fn password_source(name: &str, stored: bool) -> &'static str {
 }
 
 impl Context {
+    /// Makes the catalog equal to the repository (R4, F2): adds restore points the catalog
+    /// lacks, removes rows whose manifest is gone, takes newer verify results. A repository
+    /// that cannot be listed changes nothing. Returns (added, removed).
+    ///
+    /// # Errors
+    /// Backend or database errors.
+    pub async fn sync_catalog(&self) -> Result<(usize, usize)> {
+        let listing = self.backend.catalog().await?;
+        Ok(self.db.backup_sync(listing).await?)
+    }
+
     /// A vCenter as the API shows it.
     ///
     /// # Errors

@@ -265,6 +265,24 @@ impl Db {
         .await
     }
 
+    /// Whether the database takes a write right now (S-D3): retention and GC delete nothing
+    /// while it does not, so that no deletion ever rests on a write that failed.
+    ///
+    /// # Errors
+    /// [`Error::Full`], [`Error::Maintenance`], SQLite errors.
+    pub async fn probe_writable(&self) -> Result<()> {
+        let token = format!("{:016x}", rand::random::<u64>());
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO settings (key, value) VALUES ('write_probe', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = ?1",
+                [token],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Writes a consistent copy of the database to `dest` with `VACUUM INTO` (never a file copy
     /// of the live database).
     ///

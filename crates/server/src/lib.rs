@@ -19,6 +19,7 @@ pub mod context;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod failpoint;
 pub mod ids;
 pub mod jobs;
 pub mod metrics;
@@ -206,8 +207,7 @@ impl AppState {
     /// # Errors
     /// Backend or database errors.
     pub async fn sync_catalog(&self) -> error::Result<(usize, usize)> {
-        let entries = self.ctx().backend.catalog().await?;
-        Ok(self.ctx().db.backup_sync(entries).await?)
+        self.ctx().sync_catalog().await
     }
 
     async fn seed_metrics(&self) {
@@ -232,15 +232,37 @@ impl AppState {
         }
     }
 
-    /// Startup work before serving: crash recovery, catalog sync, metrics seeding.
+    /// Recomputes `vbm_backup_overdue` for every job and protected VM (R3), and the repository
+    /// gauges when a repository is configured.
+    pub async fn refresh_metrics(&self) {
+        let ctx = self.ctx();
+        let now = ctx.clock.now();
+        let mut values = Vec::new();
+        if let Ok(jobs) = ctx.db.job_all().await {
+            for row in jobs {
+                let Ok(seen) = ctx.db.job_seen_vms(row.job.id.clone()).await else {
+                    continue;
+                };
+                let p = jobs::protection::assess(&row.job, seen, now);
+                for vm in p.vms {
+                    values.push((
+                        JobVm {
+                            job: row.job.spec.name.clone(),
+                            vm: vm.vm_name,
+                        },
+                        vm.overdue,
+                    ));
+                }
+            }
+        }
+        ctx.metrics.set_overdue(values);
+    }
+
+    /// Startup work before serving: the catalog first (so that recovery sees backups a crash
+    /// committed but did not record, F2), then crash recovery, then metrics seeding.
     async fn start(&self) {
         if self.ctx().db.maintenance().is_some() {
             return;
-        }
-        match self.runner().recover().await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(runs = n, "marked runs interrupted by the last stop"),
-            Err(e) => tracing::error!(error = %e, "crash recovery failed"),
         }
         match self.sync_catalog().await {
             Ok((added, removed)) if added + removed > 0 => {
@@ -249,7 +271,17 @@ impl AppState {
             Ok(_) => {}
             Err(e) => tracing::info!(reason = %e, "catalog not synchronised"),
         }
+        match self.runner().recover().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(runs = n, "marked runs interrupted by the last stop"),
+            Err(e) => tracing::error!(error = %e, "crash recovery failed"),
+        }
         self.seed_metrics().await;
+        if let Ok(stats) = self.ctx().backend.repo_stats().await {
+            self.ctx()
+                .metrics
+                .set_repository(stats.used_bytes, stats.free_bytes);
+        }
     }
 }
 

@@ -32,6 +32,7 @@ pub struct Metrics {
     bytes_read: Family<JobVm, Counter>,
     bytes_written: Family<JobVm, Counter>,
     last_success: Family<JobVm, Gauge>,
+    overdue: Family<JobVm, Gauge>,
     repo_used: Gauge,
     repo_free: Gauge,
     running_jobs: Gauge,
@@ -57,6 +58,7 @@ impl Metrics {
             bytes_read: Family::default(),
             bytes_written: Family::default(),
             last_success: Family::default(),
+            overdue: Family::default(),
             repo_used: Gauge::default(),
             repo_free: Gauge::default(),
             running_jobs: Gauge::default(),
@@ -89,6 +91,11 @@ impl Metrics {
             "backup_last_success_timestamp_seconds",
             "Unix time of the last successful backup of a VM",
             m.last_success.clone(),
+        );
+        registry.register(
+            "vbm_backup_overdue",
+            "1 when a VM its job protects has no successful backup within the job's RPO (R3)",
+            m.overdue.clone(),
         );
         registry.register(
             "repository_used_bytes",
@@ -141,6 +148,16 @@ impl Metrics {
     /// Seeds the last-success time after a restart (from the catalog).
     pub fn seed_last_success(&self, labels: &JobVm, finished_unix: i64) {
         self.last_success.get_or_create(labels).set(finished_unix);
+    }
+
+    /// Replaces the overdue flags of every protected VM (computed from the catalog and run
+    /// history at each scrape, so they survive restarts and VMs that stopped being protected
+    /// disappear).
+    pub fn set_overdue(&self, values: Vec<(JobVm, bool)>) {
+        self.overdue.clear();
+        for (labels, overdue) in values {
+            self.overdue.get_or_create(&labels).set(i64::from(overdue));
+        }
     }
 
     /// Repository usage.

@@ -9,6 +9,8 @@
 
 mod backup;
 pub mod limits;
+mod operations;
+mod recovery;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa::ToSchema;
 
-use crate::backend::{BackendError, Progress, ProgressSink, RestoreTarget};
+use crate::backend::{Progress, ProgressSink};
 use crate::context::Context;
-use crate::ids::{BackupId, RunId};
-use crate::run::{LogLine, NewRun, Run, RunKind, RunStatus, Trigger};
+use crate::ids::RunId;
+use crate::run::{LogLine, NewRun, Run, RunKind, RunStatus};
 
 use limits::Gates;
 
@@ -87,6 +89,8 @@ struct Inner {
     active: Mutex<HashMap<RunId, Active>>,
     events: broadcast::Sender<RunEvent>,
     tasks: TaskTracker,
+    /// Cancelled when the server stops: background work (recovery sweeps) ends its waits.
+    stopping: CancellationToken,
 }
 
 /// Why a cancel could not be done.
@@ -113,6 +117,7 @@ impl Runner {
                 active: Mutex::new(HashMap::new()),
                 events,
                 tasks: TaskTracker::new(),
+                stopping: CancellationToken::new(),
             }),
         }
     }
@@ -225,127 +230,6 @@ impl Runner {
         }
     }
 
-    /// Crash recovery (INV-7): marks runs left `running` as `interrupted`, sweeps their VMs'
-    /// snapshots in the background and queues retries per job policy.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn recover(&self) -> crate::error::Result<usize> {
-        let ctx = &self.inner.ctx;
-        let now = ctx.clock.now();
-        let interrupted = ctx.db.recover_interrupted(now).await?;
-        let count = interrupted.len();
-        for (run, vms) in interrupted {
-            tracing::warn!(run = %run.id, "run was interrupted by a server stop; marked interrupted");
-            self.log(
-                &run.id,
-                "error",
-                "interrupted: the server stopped while this run was active".into(),
-            )
-            .await;
-            // Sweep snapshots of every VM the run touched (vCenter may be down: background).
-            let this = self.clone();
-            let run_id = run.id.clone();
-            let sweep_vms: Vec<_> = vms
-                .iter()
-                .map(|v| {
-                    (
-                        v.vcenter_id.clone(),
-                        v.instance_uuid.clone(),
-                        v.vm_name.clone(),
-                    )
-                })
-                .collect();
-            self.inner.tasks.spawn(async move {
-                for (vc, uuid, name) in sweep_vms {
-                    let result = match this.inner.ctx.target(vc).await {
-                        Ok(target) => this
-                            .inner
-                            .ctx
-                            .backend
-                            .sweep_snapshots(target, uuid)
-                            .await
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    match result {
-                        Ok(n) => {
-                            this.log(
-                                &run_id,
-                                "info",
-                                format!("swept {n} leftover vbm snapshot(s) of VM {name}"),
-                            )
-                            .await
-                        }
-                        Err(e) => {
-                            this.log(
-                                &run_id,
-                                "warn",
-                                format!("could not sweep snapshots of VM {name}: {e}"),
-                            )
-                            .await
-                        }
-                    }
-                }
-            });
-            self.maybe_retry(
-                &run,
-                vms.iter()
-                    .filter(|v| v.status != RunStatus::Success)
-                    .map(|v| v.instance_uuid.to_string())
-                    .collect(),
-            )
-            .await;
-        }
-        Ok(count)
-    }
-
-    /// Queues a retry when the job allows one more attempt.
-    async fn maybe_retry(&self, run: &Run, vms: Vec<String>) {
-        let ctx = &self.inner.ctx;
-        let Some(job_id) = &run.job_id else { return };
-        if run.kind != RunKind::Backup {
-            return;
-        }
-        let Ok(job) = ctx.db.job_get(job_id.clone()).await else {
-            return;
-        };
-        if run.attempt > job.job.spec.retries {
-            return;
-        }
-        let mut retry = NewRun::queued(RunKind::Backup, Some(job_id.clone()), Trigger::Retry);
-        retry.attempt = run.attempt + 1;
-        retry.retry_of = Some(run.id.clone());
-        retry.scheduled_for = run.scheduled_for;
-        retry.not_before = ctx
-            .clock
-            .now()
-            .checked_add(jiff::SignedDuration::from_secs(i64::from(
-                job.job.spec.retry_delay_secs,
-            )))
-            .ok();
-        if !vms.is_empty() {
-            retry.params = serde_json::json!({ "vms": vms });
-        }
-        match self.submit(retry).await {
-            Ok(r) => {
-                self.log(
-                    &run.id,
-                    "info",
-                    format!(
-                        "retry {} queued as run {} (attempt {})",
-                        run.attempt, r.id, r.attempt
-                    ),
-                )
-                .await
-            }
-            Err(e) => {
-                self.log(&run.id, "warn", format!("no retry queued: {e}"))
-                    .await
-            }
-        }
-    }
-
     /// Dispatches queued runs until `shutdown`; then cancels active runs with a reason and waits
     /// for them to end (F8).
     pub async fn run(self, shutdown: CancellationToken) {
@@ -382,6 +266,7 @@ impl Runner {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+        self.inner.stopping.cancel();
         let ids: Vec<RunId> = self
             .inner
             .active
@@ -433,9 +318,9 @@ impl Runner {
         self.inner.tasks.spawn(async move {
             let outcome = match run.kind {
                 RunKind::Backup => backup::execute(&this, &run, &cancel).await,
-                RunKind::Verify => this.execute_verify(&run, &cancel).await,
-                RunKind::Restore => this.execute_restore(&run, &cancel).await,
-                RunKind::Gc => this.execute_gc(&run, &cancel).await,
+                RunKind::Verify => operations::verify(&this, &run, &cancel).await,
+                RunKind::Restore => operations::restore(&this, &run, &cancel).await,
+                RunKind::Gc => operations::gc(&this, &run, &cancel).await,
             };
             let (mut status, mut reason) = outcome;
             let cancel_reason = this
@@ -475,6 +360,12 @@ impl Runner {
                 run_id: run.id.clone(),
                 status,
             });
+            if matches!(run.kind, RunKind::Backup | RunKind::Gc)
+                && let Ok(stats) = ctx.backend.repo_stats().await
+            {
+                ctx.metrics
+                    .set_repository(stats.used_bytes, stats.free_bytes);
+            }
             if matches!(status, RunStatus::Failed | RunStatus::Partial) {
                 let failed = ctx
                     .db
@@ -493,10 +384,34 @@ impl Runner {
         });
     }
 
-    fn progress_sink(&self, run: &RunId) -> ProgressSink {
+    /// A progress sink for one operation of a run: every event goes to the live view and the
+    /// SSE broadcast; events that carry a message also go, in order, to the persisted run log
+    /// (byte counters do not). Await [`LogFeed::finish`] after the operation so that its lines
+    /// precede the run's own.
+    fn progress_sink(&self, run: &RunId) -> (ProgressSink, LogFeed) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+        let writer = {
+            let this = self.clone();
+            let run = run.clone();
+            self.inner.tasks.spawn(async move {
+                while let Some(p) = rx.recv().await {
+                    let Some(message) = &p.message else { continue };
+                    let level = match p.level.as_str() {
+                        "warning" => "warn",
+                        "error" => "error",
+                        _ => "info",
+                    };
+                    this.log(&run, level, format!("{}: {message}", p.vm)).await;
+                }
+            })
+        };
         let this = self.clone();
         let run = run.clone();
-        Arc::new(move |p: Progress| {
+        let sink: ProgressSink = Arc::new(move |p: Progress| {
+            // The runner logs failures itself, with the VM's result.
+            if p.message.is_some() && p.phase != "failed" {
+                let _ = tx.send(p.clone());
+            }
             if let Ok(mut a) = this.inner.active.lock()
                 && let Some(active) = a.get_mut(&run)
             {
@@ -506,134 +421,20 @@ impl Runner {
                 run_id: run.clone(),
                 progress: p,
             });
-        })
+        });
+        (sink, LogFeed { writer })
     }
+}
 
-    fn backup_param(run: &Run) -> Result<BackupId, String> {
-        run.params
-            .get("backup_id")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| "run has no backup_id parameter".to_owned())
-            .and_then(|s| BackupId::parse(s).map_err(|e| e.to_string()))
-    }
+/// The run-log writer of one progress sink.
+#[derive(Debug)]
+pub(crate) struct LogFeed {
+    writer: tokio::task::JoinHandle<()>,
+}
 
-    async fn execute_verify(
-        &self,
-        run: &Run,
-        cancel: &CancellationToken,
-    ) -> (RunStatus, Option<String>) {
-        let ctx = &self.inner.ctx;
-        let id = match Self::backup_param(run) {
-            Ok(id) => id,
-            Err(e) => return (RunStatus::Failed, Some(e)),
-        };
-        self.log(&run.id, "info", format!("verifying backup {id}"))
-            .await;
-        match ctx
-            .backend
-            .verify(id.clone(), self.progress_sink(&run.id), cancel.clone())
-            .await
-        {
-            Ok(outcome) => {
-                let ok = outcome.ok;
-                let summary = if ok {
-                    "verify passed".to_owned()
-                } else {
-                    format!("verify found damage: {}", outcome.problems.join("; "))
-                };
-                if let Err(e) = ctx
-                    .db
-                    .backup_set_verified(id, outcome, ctx.clock.now())
-                    .await
-                {
-                    return (
-                        RunStatus::Failed,
-                        Some(format!("cannot record the verify result: {e}")),
-                    );
-                }
-                (
-                    if ok {
-                        RunStatus::Success
-                    } else {
-                        RunStatus::Failed
-                    },
-                    Some(summary),
-                )
-            }
-            Err(e) => (RunStatus::Failed, Some(format!("verify failed: {e}"))),
-        }
-    }
-
-    async fn execute_restore(
-        &self,
-        run: &Run,
-        cancel: &CancellationToken,
-    ) -> (RunStatus, Option<String>) {
-        let ctx = &self.inner.ctx;
-        let id = match Self::backup_param(run) {
-            Ok(id) => id,
-            Err(e) => return (RunStatus::Failed, Some(e)),
-        };
-        let target: RestoreTarget = match run
-            .params
-            .get("restore")
-            .cloned()
-            .map(serde_json::from_value)
-        {
-            Some(Ok(t)) => t,
-            _ => {
-                return (
-                    RunStatus::Failed,
-                    Some("run has no valid restore target".into()),
-                );
-            }
-        };
-        let vcenter = match &target {
-            RestoreTarget::NewVm { vcenter_id, .. } => match ctx.target(vcenter_id.clone()).await {
-                Ok(t) => Some(t),
-                Err(e) => return (RunStatus::Failed, Some(e.to_string())),
-            },
-            RestoreTarget::Directory { .. } => None,
-        };
-        self.log(&run.id, "info", format!("restoring backup {id}"))
-            .await;
-        match ctx
-            .backend
-            .restore(
-                id,
-                target,
-                vcenter,
-                self.progress_sink(&run.id),
-                cancel.clone(),
-            )
-            .await
-        {
-            Ok(()) => (RunStatus::Success, Some("restore finished".into())),
-            Err(e) => (RunStatus::Failed, Some(format!("restore failed: {e}"))),
-        }
-    }
-
-    async fn execute_gc(
-        &self,
-        run: &Run,
-        cancel: &CancellationToken,
-    ) -> (RunStatus, Option<String>) {
-        let ctx = &self.inner.ctx;
-        if let Some(m) = ctx.db.maintenance() {
-            return (RunStatus::Failed, Some(format!("GC refused: {m}")));
-        }
-        self.log(&run.id, "info", "garbage collection started".into())
-            .await;
-        match ctx.backend.gc(cancel.clone()).await {
-            Ok(freed) => (
-                RunStatus::Success,
-                Some(format!("garbage collection freed {freed} bytes")),
-            ),
-            Err(BackendError::Cancelled(r)) => (RunStatus::Cancelled, Some(r)),
-            Err(e) => (
-                RunStatus::Failed,
-                Some(format!("garbage collection failed: {e}")),
-            ),
-        }
+impl LogFeed {
+    /// Waits until every message of the (dropped) sink is in the run log.
+    pub(crate) async fn finish(self) {
+        let _ = self.writer.await;
     }
 }

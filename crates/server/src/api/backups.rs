@@ -160,6 +160,41 @@ pub(crate) async fn restore(
                 return Err(ApiError::invalid(errors));
             }
         }
+        RestoreTarget::InPlace {
+            vcenter_id,
+            confirm,
+            ..
+        } => {
+            if !confirm {
+                return Err(ApiError::invalid(vec![FieldError::new(
+                    "to.confirm",
+                    "must be true: an in-place restore powers the VM off and overwrites its disks and configuration",
+                )]));
+            }
+            match vcenter_id {
+                Some(vc) => {
+                    state.ctx().db.vcenter_get(vc.clone()).await?;
+                }
+                None => {
+                    let backup = state.ctx().db.backup_get(id.clone()).await?;
+                    if state
+                        .ctx()
+                        .db
+                        .vcenter_by_name(backup.vcenter.clone())
+                        .await?
+                        .is_none()
+                    {
+                        return Err(ApiError::invalid(vec![FieldError::new(
+                            "to.vcenter_id",
+                            format!(
+                                "the backup came from vCenter {:?}, which vbm no longer knows: name the vCenter",
+                                backup.vcenter
+                            ),
+                        )]));
+                    }
+                }
+            }
+        }
     }
     state.ctx().db.backup_get(id.clone()).await?;
     let mut run = NewRun::queued(RunKind::Restore, None, Trigger::Manual);

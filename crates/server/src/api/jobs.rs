@@ -12,11 +12,12 @@ use super::auth::{Caller, Permission};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Pagination, cursor};
 use crate::AppState;
-use crate::backend::Progress;
+use crate::backend::{Progress, RetentionRequest};
 use crate::db::JobRow;
 use crate::db::{Page, RunFilter};
 use crate::ids::JobId;
-use crate::jobs::retention::{self, Candidate, RetentionPlan};
+use crate::jobs::protection::{self, Protection};
+use crate::jobs::retention::RetentionPlan;
 use crate::jobs::{Job, JobSpec};
 use crate::run::{NewRun, Run, RunKind, Trigger};
 use crate::scheduler::CronSchedule;
@@ -41,6 +42,8 @@ pub struct JobView {
     pub last_run: Option<Run>,
     /// Live progress of the running run, per VM.
     pub progress: Vec<Progress>,
+    /// The VMs the job protects and whether each has a successful backup within the RPO (R3).
+    pub protection: Protection,
 }
 
 /// A page of jobs.
@@ -74,7 +77,7 @@ pub struct VmRetention {
     pub plan: RetentionPlan,
 }
 
-/// `GET /jobs/{id}/retention`.
+/// `GET /jobs/{id}/retention` and `POST /jobs/{id}/retention`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RetentionPreview {
     /// Retention runs after each successful backup: this is the next one.
@@ -82,6 +85,18 @@ pub struct RetentionPreview {
     pub next_purge: Option<Timestamp>,
     /// Per VM.
     pub vms: Vec<VmRetention>,
+    /// Restore points deleted by this request (`POST` only; empty for the preview).
+    pub removed: Vec<crate::ids::BackupId>,
+}
+
+/// Body of `POST /jobs/{id}/retention`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionApply {
+    /// Apply plans that a guard blocked (more than half of a VM's backups at once: check the
+    /// clock and the policy first).
+    #[serde(default)]
+    pub force: bool,
 }
 
 fn next_run_for(spec: &JobSpec, now: Timestamp) -> Option<Timestamp> {
@@ -123,6 +138,8 @@ async fn view(state: &AppState, row: JobRow) -> Result<JobView, ApiError> {
         .as_ref()
         .map(|r| state.runner().progress(&r.id))
         .unwrap_or_default();
+    let seen = db.job_seen_vms(row.job.id.clone()).await?;
+    let protection = protection::assess(&row.job, seen, state.ctx().clock.now());
     Ok(JobView {
         job: row.job,
         next_run: row.next_run,
@@ -131,6 +148,7 @@ async fn view(state: &AppState, row: JobRow) -> Result<JobView, ApiError> {
         active_run,
         last_run,
         progress,
+        protection,
     })
 }
 
@@ -273,36 +291,83 @@ pub(crate) async fn cancel(
     Ok(Json(state.runner().cancel(&active, &reason).await?))
 }
 
-/// What the job's retention policy keeps and removes, per VM, and when the next purge happens.
+/// Plans (and with `apply`) retention for every VM the job has backups of.
+async fn retention_for_job(
+    state: &AppState,
+    id: JobId,
+    apply: bool,
+    force: bool,
+) -> Result<RetentionPreview, ApiError> {
+    let ctx = state.ctx();
+    let row = ctx.db.job_get(id.clone()).await?;
+    if apply {
+        if let Some(m) = ctx.db.maintenance() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("retention refused: {m}"),
+            ));
+        }
+        // S-D3: nothing is deleted while the database cannot record it.
+        ctx.db.probe_writable().await?;
+    }
+    let now = ctx.clock.now();
+    let mut vms = Vec::new();
+    let mut removed = Vec::new();
+    for (uuid, name) in ctx.db.backup_vms_of_job(id.to_string()).await? {
+        let Ok(instance_uuid) = crate::ids::InstanceUuid::parse(&uuid) else {
+            continue;
+        };
+        let outcome = ctx
+            .backend
+            .retention(RetentionRequest {
+                job_id: id.clone(),
+                instance_uuid,
+                policy: row.job.spec.retention.clone(),
+                now,
+                apply,
+                force,
+            })
+            .await?;
+        if !outcome.removed.is_empty() {
+            ctx.db.backup_forget(outcome.removed.clone()).await?;
+            tracing::info!(job = %id, vm = %name, removed = outcome.removed.len(), "retention applied on request");
+        }
+        removed.extend(outcome.removed);
+        vms.push(VmRetention {
+            instance_uuid: uuid,
+            vm_name: name,
+            plan: outcome.plan,
+        });
+    }
+    Ok(RetentionPreview {
+        next_purge: row.next_run,
+        vms,
+        removed,
+    })
+}
+
+/// What the job's retention policy keeps and removes, per VM, why, and when the next purge
+/// happens (retention runs after each successful backup).
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/retention", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = RetentionPreview), (status = 404, body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, body = RetentionPreview), (status = 404, body = Problem), (status = 503, body = Problem)), security(("api_key" = [])))]
 pub(crate) async fn retention_preview(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<JobId>,
 ) -> Result<Json<RetentionPreview>, ApiError> {
     caller.require(Permission::Read)?;
-    let ctx = state.ctx();
-    let row = ctx.db.job_get(id.clone()).await?;
-    let now = ctx.clock.now();
-    let mut vms = Vec::new();
-    for (uuid, name) in ctx.db.backup_vms_of_job(id.to_string()).await? {
-        let backups = ctx.db.backups_of(id.to_string(), uuid.clone()).await?;
-        let candidates: Vec<Candidate> = backups
-            .iter()
-            .map(|b| Candidate {
-                id: b.id.clone(),
-                taken: b.started,
-            })
-            .collect();
-        vms.push(VmRetention {
-            instance_uuid: uuid,
-            vm_name: name,
-            plan: retention::plan(&row.job.spec.retention, &candidates, now),
-        });
-    }
-    Ok(Json(RetentionPreview {
-        next_purge: row.next_run,
-        vms,
-    }))
+    Ok(Json(retention_for_job(&state, id, false, false).await?))
+}
+
+/// Applies the job's retention now, for every VM; with `force`, also plans a guard blocked.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retention", tag = "jobs", params(("id" = String, Path)), request_body = RetentionApply,
+    responses((status = 200, body = RetentionPreview), (status = 404, body = Problem), (status = 503, body = Problem), (status = 507, body = Problem)), security(("api_key" = [])))]
+pub(crate) async fn retention_apply(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<JobId>,
+    ApiJson(req): ApiJson<RetentionApply>,
+) -> Result<Json<RetentionPreview>, ApiError> {
+    caller.require(Permission::Administer)?;
+    Ok(Json(retention_for_job(&state, id, true, req.force).await?))
 }

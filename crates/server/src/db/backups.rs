@@ -2,7 +2,7 @@
 //! (R4, F2): a row is inserted only after the repository has the manifest, and a sync removes
 //! rows whose manifest vanished and adds manifests without a row.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use jiff::Timestamp;
 use rusqlite::{OptionalExtension, Row, params};
@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{Db, Error, Page, Paged, Result, limit_plus_one, paged, ts};
-use crate::backend::{CatalogEntry, VerifyOutcome};
+use crate::backend::{CatalogEntry, CatalogListing, VerifiedBackup, VerifyState};
 use crate::clock::{from_millis, to_millis};
 use crate::ids::{BackupId, RunId};
 
@@ -114,10 +114,27 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(i64, BackupRecord)> {
     ))
 }
 
+/// The problem lines stored for a verify known only from the repository's `verify.json` (which
+/// records a count, not the lines).
+fn recorded_problems(state: &VerifyState) -> Vec<String> {
+    if state.problems == 0 {
+        Vec::new()
+    } else {
+        vec![format!(
+            "{} problem(s) found by the verify of {} (details are in that verify run's log)",
+            state.problems, state.verified_at
+        )]
+    }
+}
+
 fn insert(c: &rusqlite::Connection, e: &CatalogEntry, run: Option<&RunId>) -> Result<()> {
+    let problems = match &e.verify {
+        Some(v) => Some(serde_json::to_string(&recorded_problems(v))?),
+        None => None,
+    };
     c.execute(
-        "INSERT INTO backups (id, job_id, run_id, vcenter, vm_name, instance_uuid, mode, started, finished, logical_bytes, bytes_read, bytes_written, manifest)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+        "INSERT INTO backups (id, job_id, run_id, vcenter, vm_name, instance_uuid, mode, started, finished, logical_bytes, bytes_read, bytes_written, manifest, verified_at, verify_ok, verify_problems)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          ON CONFLICT(id) DO UPDATE SET run_id = COALESCE(?3, run_id)",
         params![
             e.id.as_str(),
@@ -133,6 +150,9 @@ fn insert(c: &rusqlite::Connection, e: &CatalogEntry, run: Option<&RunId>) -> Re
             i(e.bytes_read),
             i(e.bytes_written),
             serde_json::to_string(&e.manifest)?,
+            e.verify.as_ref().map(|v| to_millis(v.verified_at)),
+            e.verify.as_ref().map(|v| v.ok),
+            problems,
         ],
     )?;
     Ok(())
@@ -148,31 +168,79 @@ impl Db {
     }
 
     /// Makes the catalog equal to the repository's list: adds missing rows, removes rows whose
-    /// manifest is gone. Returns (added, removed).
+    /// manifest is gone (never rows whose manifest is only unreadable), and takes verify results
+    /// the repository recorded after the row's (e.g. by `vbm verify`). Returns (added, removed).
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn backup_sync(&self, entries: Vec<CatalogEntry>) -> Result<(usize, usize)> {
+    pub async fn backup_sync(&self, listing: CatalogListing) -> Result<(usize, usize)> {
         self.write(move |c| {
             let tx = c.transaction()?;
-            let existing: HashSet<String> = tx
-                .prepare("SELECT id FROM backups")?
-                .query_map([], |r| r.get(0))?
+            let existing: HashMap<String, Option<i64>> = tx
+                .prepare("SELECT id, verified_at FROM backups")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            let wanted: HashSet<String> = entries.iter().map(|e| e.id.to_string()).collect();
+            let wanted: HashSet<String> = listing
+                .entries
+                .iter()
+                .map(|e| e.id.to_string())
+                .chain(listing.unreadable.iter().map(ToString::to_string))
+                .collect();
             let mut added = 0;
-            for e in &entries {
-                if !existing.contains(e.id.as_str()) {
-                    insert(&tx, e, None)?;
-                    added += 1;
+            for e in &listing.entries {
+                match existing.get(e.id.as_str()) {
+                    None => {
+                        insert(&tx, e, None)?;
+                        added += 1;
+                    }
+                    Some(row_verified) => {
+                        if let Some(v) = &e.verify
+                            && row_verified.is_none_or(|at| at < to_millis(v.verified_at))
+                        {
+                            tx.execute(
+                                "UPDATE backups SET verified_at = ?2, verify_ok = ?3, verify_problems = ?4 WHERE id = ?1",
+                                params![
+                                    e.id.as_str(),
+                                    to_millis(v.verified_at),
+                                    v.ok,
+                                    serde_json::to_string(&recorded_problems(v))?
+                                ],
+                            )?;
+                        }
+                    }
                 }
             }
             let mut removed = 0;
-            for id in existing.difference(&wanted) {
+            for id in existing.keys().filter(|id| !wanted.contains(id.as_str())) {
                 removed += tx.execute("DELETE FROM backups WHERE id = ?1", [id])?;
             }
             tx.commit()?;
             Ok((added, removed))
+        })
+        .await
+    }
+
+    /// The restore point read from a snapshot (the engine names snapshots `vbm-<run id>` and
+    /// records the name in the manifest): how recovery finds a backup a crash left uncatalogued
+    /// in its run (F2).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn backup_by_snapshot(
+        &self,
+        snapshot: String,
+        instance_uuid: String,
+    ) -> Result<Option<BackupRecord>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM backups WHERE json_extract(manifest, '$.snapshot') = ?1 AND instance_uuid = ?2"
+                ),
+                params![snapshot, instance_uuid],
+                from_row,
+            )
+            .optional()?
+            .map(|(_, b)| b))
         })
         .await
     }
@@ -282,26 +350,18 @@ impl Db {
         .await
     }
 
-    /// Stores a verify result.
+    /// Stores a verify result; false when the backup has no catalog row.
     ///
     /// # Errors
-    /// [`Error::NotFound`].
-    pub async fn backup_set_verified(
-        &self,
-        id: BackupId,
-        outcome: VerifyOutcome,
-        now: Timestamp,
-    ) -> Result<()> {
-        let problems = serde_json::to_string(&outcome.problems)?;
+    /// SQLite errors.
+    pub async fn backup_set_verified(&self, verdict: VerifiedBackup) -> Result<bool> {
+        let problems = serde_json::to_string(&verdict.problems)?;
         self.write(move |c| {
             let n = c.execute(
                 "UPDATE backups SET verified_at = ?2, verify_ok = ?3, verify_problems = ?4 WHERE id = ?1",
-                params![id.as_str(), to_millis(now), outcome.ok, problems],
+                params![verdict.id.as_str(), to_millis(verdict.verified_at), verdict.ok, problems],
             )?;
-            if n == 0 {
-                return Err(Error::NotFound { what: "backup", id: id.to_string() });
-            }
-            Ok(())
+            Ok(n > 0)
         })
         .await
     }

@@ -354,4 +354,77 @@ impl Db {
         })
         .await
     }
+
+    /// What the job's runs and the catalog know about each VM the job touched (R3).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn job_seen_vms(&self, job: JobId) -> Result<Vec<crate::jobs::protection::SeenVm>> {
+        use std::collections::BTreeMap;
+
+        use crate::jobs::protection::SeenVm;
+        self.read(move |c| {
+            let mut out: BTreeMap<String, SeenVm> = BTreeMap::new();
+            let mut stmt = c.prepare(
+                "SELECT rv.vcenter_id, rv.instance_uuid,
+                    (SELECT x.vm_name FROM run_vms x JOIN runs y ON y.id = x.run_id
+                       WHERE y.job_id = ?1 AND x.instance_uuid = rv.instance_uuid ORDER BY y.seq DESC LIMIT 1),
+                    MIN(COALESCE(rv.started_at, r.created_at)),
+                    MAX(CASE WHEN rv.status = 'success' THEN rv.finished_at END)
+                 FROM run_vms rv JOIN runs r ON r.id = rv.run_id
+                 WHERE r.job_id = ?1 GROUP BY rv.instance_uuid",
+            )?;
+            let rows = stmt.query_map([job.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (vc, uuid, name, first, last) = row?;
+                let uuid = uuid.to_ascii_lowercase();
+                out.insert(
+                    uuid.clone(),
+                    SeenVm {
+                        vcenter_id: crate::ids::VcenterId::parse(&vc).ok(),
+                        vm_name: name.unwrap_or_else(|| uuid.clone()),
+                        instance_uuid: uuid,
+                        first_seen: ts(first),
+                        last_success: ts(last),
+                    },
+                );
+            }
+            let mut stmt = c.prepare(
+                "SELECT instance_uuid, MAX(vm_name), MIN(started), MAX(finished) FROM backups
+                 WHERE job_id = ?1 AND instance_uuid IS NOT NULL GROUP BY instance_uuid",
+            )?;
+            let rows = stmt.query_map([job.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (uuid, name, first, last) = row?;
+                let uuid = uuid.to_ascii_lowercase();
+                let (first, last) = (from_millis(first), from_millis(last));
+                let vm = out.entry(uuid.clone()).or_insert_with(|| SeenVm {
+                    vcenter_id: None,
+                    instance_uuid: uuid,
+                    vm_name: name,
+                    first_seen: None,
+                    last_success: None,
+                });
+                vm.first_seen = Some(vm.first_seen.map_or(first, |f| f.min(first)));
+                vm.last_success = Some(vm.last_success.map_or(last, |l| l.max(last)));
+            }
+            Ok(out.into_values().collect())
+        })
+        .await
+    }
 }

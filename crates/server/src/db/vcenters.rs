@@ -114,6 +114,25 @@ impl Db {
         self.read(move |c| get(c, &id)).await
     }
 
+    /// The connection with this name (case-insensitive), if any: backups record the vCenter by
+    /// name.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn vcenter_by_name(&self, name: String) -> Result<Option<VcenterRow>> {
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {COLUMNS} FROM vcenters WHERE name = ?1 COLLATE NOCASE"),
+                [name],
+                from_row,
+            )
+            .optional()?
+            .map(|r| finish(r).map(|(_, row)| row))
+            .transpose()
+        })
+        .await
+    }
+
     /// A page of connections in creation order.
     ///
     /// # Errors

@@ -76,6 +76,11 @@ pub struct JobSpec {
     /// Disabled jobs keep their schedule but do not run by it.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Recovery point objective, minutes (1-525600): a VM this job protects without a successful
+    /// backup for longer is overdue (job view `protection`, metric `vbm_backup_overdue`). None =
+    /// one schedule interval plus two hours; jobs without a schedule are then not monitored.
+    #[serde(default)]
+    pub rpo_minutes: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -147,6 +152,9 @@ impl JobSpec {
         );
         if let Some(w) = self.window_minutes {
             range(&mut errors, "window_minutes", w, 1, 10_080);
+        }
+        if let Some(r) = self.rpo_minutes {
+            range(&mut errors, "rpo_minutes", r, 1, 525_600);
         }
         if errors.is_empty() {
             Ok(())

@@ -1,5 +1,6 @@
 //! One backup run: resolve the job's VMs at run time, back each up under the limits, record
-//! results, update metrics, apply retention.
+//! results, update metrics, apply retention, and finally synchronise the catalog with the
+//! repository (which is the truth: R4, F2).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,9 +11,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::Runner;
-use crate::backend::{BackendError, BackupTask, VmSummary};
+use crate::backend::{BackendError, BackupTask, RetentionRequest, VmSummary};
 use crate::ids::{InstanceUuid, VcenterId};
-use crate::jobs::retention::{self, Candidate};
 use crate::jobs::{BackupMode, Job};
 use crate::metrics::JobVm;
 use crate::run::{Run, RunStatus, RunVm};
@@ -137,6 +137,27 @@ pub(super) async fn execute(
     .await;
     let ok = results.iter().filter(|r| **r).count();
     let failed = results.len() - ok + source_errors.len();
+    // Retention removed backups and the repository may have changed under us (another vbm,
+    // a manual deletion): the catalog follows the repository.
+    match ctx.sync_catalog().await {
+        Ok((added, removed)) if added + removed > 0 => {
+            runner
+                .log(
+                    &run.id,
+                    "info",
+                    format!(
+                        "catalog synchronised with the repository: {added} added, {removed} removed"
+                    ),
+                )
+                .await;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            runner
+                .log(&run.id, "warn", format!("catalog not synchronised: {e}"))
+                .await;
+        }
+    }
     let summary = format!("{ok} VM(s) backed up, {failed} failed");
     let status = if failed == 0 {
         RunStatus::Success
@@ -246,15 +267,12 @@ async fn backup_vm(
         mode,
         quiesce: job.spec.quiesce,
     };
+    let (sink, feed) = runner.progress_sink(&run.id);
     let result = ctx
         .backend
-        .backup(
-            p.target.clone(),
-            task,
-            runner.progress_sink(&run.id),
-            cancel.clone(),
-        )
+        .backup(p.target.clone(), task, sink, cancel.clone())
         .await;
+    feed.finish().await;
     ctx.metrics.running_backups(-1);
     drop(pass);
     let now = ctx.clock.now();
@@ -276,11 +294,9 @@ async fn backup_vm(
                 entry.bytes_written,
                 entry.finished.as_second(),
             );
-            for w in &record.warnings {
-                runner
-                    .log(&run.id, "warn", format!("VM {}: {w}", p.vm.name))
-                    .await;
-            }
+            // The manifest is durable; the catalog row is not yet (F2: a crash here is
+            // repaired by the catalog sync and recovery at the next start).
+            crate::failpoint::hit("manifest.after_write_before_db_commit");
             if let Err(e) = ctx
                 .db
                 .backup_record(entry.clone(), Some(run.id.clone()))
@@ -318,56 +334,62 @@ async fn backup_vm(
     ok
 }
 
-/// Retention after a successful backup, per job and VM; a blocked plan (T1 guard) is logged and
-/// left for an operator to confirm.
+/// Retention after a successful backup, per job and VM, with the repository's planner. Nothing
+/// is deleted while the database cannot be written (S-D3) or is damaged (S-D8); a plan a guard
+/// blocked (T1) is logged and left for an operator to confirm (`POST /jobs/{id}/retention`).
 async fn apply_retention(runner: &Runner, run: &Run, job: &Job, vm: &VmSummary) {
     let ctx = &runner.inner.ctx;
-    if ctx.db.maintenance().is_some() {
+    if ctx.db.maintenance().is_some() || job.spec.retention.is_empty() {
         return;
     }
-    let Ok(backups) = ctx
-        .db
-        .backups_of(job.id.to_string(), vm.instance_uuid.to_string())
-        .await
-    else {
-        return;
-    };
-    let candidates: Vec<Candidate> = backups
-        .iter()
-        .map(|b| Candidate {
-            id: b.id.clone(),
-            taken: b.started,
-        })
-        .collect();
-    let plan = retention::plan(&job.spec.retention, &candidates, ctx.clock.now());
-    if plan.remove.is_empty() {
-        return;
-    }
-    if let Some(why) = plan.blocked {
+    if let Err(e) = ctx.db.probe_writable().await {
         runner
             .log(
                 &run.id,
                 "warn",
-                format!("retention for VM {} not applied: {why}", vm.name),
+                format!(
+                    "retention for VM {} not applied: the database cannot be written ({e}); nothing was deleted",
+                    vm.name
+                ),
             )
             .await;
         return;
     }
-    let ids: Vec<_> = plan.remove.iter().map(|d| d.backup_id.clone()).collect();
-    match ctx.backend.delete_backups(ids.clone()).await {
-        Ok(()) => {
-            let _ = ctx.db.backup_forget(ids.clone()).await;
-            runner
-                .log(
-                    &run.id,
-                    "info",
-                    format!(
-                        "retention removed {} backup(s) of VM {}",
-                        ids.len(),
-                        vm.name
-                    ),
-                )
-                .await;
+    let request = RetentionRequest {
+        job_id: job.id.clone(),
+        instance_uuid: vm.instance_uuid.clone(),
+        policy: job.spec.retention.clone(),
+        now: ctx.clock.now(),
+        apply: true,
+        force: false,
+    };
+    match ctx.backend.retention(request).await {
+        Ok(outcome) => {
+            if let Some(why) = &outcome.plan.blocked {
+                runner
+                    .log(
+                        &run.id,
+                        "warn",
+                        format!("retention for VM {} not applied: {why}", vm.name),
+                    )
+                    .await;
+            }
+            if !outcome.removed.is_empty() {
+                let _ = ctx.db.backup_forget(outcome.removed.clone()).await;
+                let ids: Vec<String> = outcome.removed.iter().map(ToString::to_string).collect();
+                runner
+                    .log(
+                        &run.id,
+                        "info",
+                        format!(
+                            "retention removed {} backup(s) of VM {} (matched no keep rule): {}",
+                            ids.len(),
+                            vm.name,
+                            ids.join(", ")
+                        ),
+                    )
+                    .await;
+            }
         }
         Err(e) => {
             runner
@@ -376,7 +398,7 @@ async fn apply_retention(runner: &Runner, run: &Run, job: &Job, vm: &VmSummary) 
                     "warn",
                     format!("retention for VM {} failed: {e}", vm.name),
                 )
-                .await
+                .await;
         }
     }
 }

@@ -69,13 +69,12 @@ impl Gates {
         })
     }
 
-    /// Waits for the VM lock, then for a global, a vCenter and a host slot, in that order (a
-    /// fixed order: no deadlock). `None` when cancelled while waiting.
-    pub async fn enter(
+    /// Waits for the lock of one VM only (no slot): what the crash-recovery sweep of a VM's
+    /// snapshots holds, so that it never runs beside a backup of that VM. `None` when cancelled.
+    pub async fn lock_vm(
         self: &Arc<Self>,
         vcenter: &VcenterId,
         vm: &InstanceUuid,
-        host: Option<&str>,
         cancel: &CancellationToken,
     ) -> Option<Pass> {
         let key = (vcenter.clone(), vm.clone());
@@ -96,10 +95,22 @@ impl Gates {
                 () = released => {}
             }
         }
-        let mut pass = Pass {
+        Some(Pass {
             _permits: Vec::new(),
             vm: Some((Arc::clone(self), key)),
-        };
+        })
+    }
+
+    /// Waits for the VM lock, then for a global, a vCenter and a host slot, in that order (a
+    /// fixed order: no deadlock). `None` when cancelled while waiting.
+    pub async fn enter(
+        self: &Arc<Self>,
+        vcenter: &VcenterId,
+        vm: &InstanceUuid,
+        host: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Option<Pass> {
+        let mut pass = self.lock_vm(vcenter, vm, cancel).await?;
         let mut sems = vec![
             Arc::clone(&self.global),
             semaphore(&self.vcenters, vcenter.clone(), self.per_vcenter),

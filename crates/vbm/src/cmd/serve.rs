@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use vbm_server::backend::engine::EngineBackend;
+use vbm_server::backend::engine::{EngineBackend, EngineSettings};
 use vbm_server::clock::SystemClock;
 use vbm_server::config::{Config, LogFormat};
 use vbm_server::{AppState, Options};
@@ -30,6 +30,9 @@ pub(crate) struct Args {
     /// Backup repository directory.
     #[arg(long, env = "VBM_REPO")]
     repo: Option<PathBuf>,
+    /// Create the repository if its directory is absent or empty (never in a non-empty one).
+    #[arg(long, env = "VBM_INIT_REPO")]
+    init_repo: bool,
     /// Log format: text or json (overrides the config file).
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
@@ -77,7 +80,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| config.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
-    let repo = args.repo.clone().or_else(|| config.repo.clone());
+    let settings = EngineSettings {
+        repo: args.repo.clone().or_else(|| config.repo.clone()),
+        key_file: config.repo_key_file.clone(),
+        init_repo: args.init_repo,
+        streams: config.engine.streams as usize,
+        workers: match config.engine.workers {
+            0 => EngineSettings::default().workers,
+            n => n as usize,
+        },
+        gc_grace: config.gc.grace_secs.map(std::time::Duration::from_secs),
+    };
     let options = Options {
         data_dir,
         config,
@@ -85,7 +98,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let runtime = vbm_server::runtime()?;
     runtime.block_on(async move {
-        let backend = Arc::new(EngineBackend::new(repo));
+        let backend = EngineBackend::with_settings(settings);
+        if let Err(e) = backend.open_repository() {
+            // Not fatal: the API, schedules and history work without it, and every use retries.
+            tracing::error!(error = %e, "the backup repository is not usable");
+        }
+        let backend = Arc::new(backend);
         let state = AppState::open(options, backend, Arc::new(SystemClock))?;
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
