@@ -87,7 +87,7 @@ pub struct BackupOptions {
 }
 
 impl BackupOptions {
-    /// Defaults: incremental, no quiesce, 4 streams, one worker per core, 32 MiB requests.
+    /// Defaults: incremental, no quiesce, 4 streams, two workers per core, 32 MiB requests.
     #[must_use]
     pub fn new(vm: VmSelector) -> Self {
         Self {
@@ -98,7 +98,8 @@ impl BackupOptions {
             quiesce: false,
             vcenter: String::new(),
             streams: 4,
-            workers: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            // Twice the cores: a worker waiting for its chunk's fsync leaves a core to another.
+            workers: 2 * std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             max_request_bytes: 32 << 20,
             remove_policy: RemovePolicy::default(),
         }

@@ -8,4 +8,5 @@ mod integration {
     pub(crate) mod faults;
     pub(crate) mod restore;
     pub(crate) mod support;
+    pub(crate) mod verify;
 }
