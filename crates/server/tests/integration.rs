@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod integration {
+    mod backups;
     mod bad_input;
     mod common;
     mod metrics;

@@ -1,5 +1,7 @@
 //! Starting the real `vbm serve` binary for API tests: a temp data directory, a free loopback
-//! port, an API key, and kill -9 / SIGTERM / restart on the same data directory.
+//! port, an API key, and kill -9 / SIGTERM / restart on the same data directory. Optionally a
+//! backup repository (created at first start), a faked clock that the test can move while the
+//! server runs, and environment changes between restarts (failpoints).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,7 +21,7 @@ static BINARY: OnceCell<PathBuf> = OnceCell::const_new();
 /// Options for [`Server::start_with`].
 #[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
-    /// Backup repository directory (`--repo`).
+    /// Backup repository directory (`--repo`; created with `--init-repo` when absent or empty).
     pub repo: Option<PathBuf>,
     /// Content of a `vbm.toml` to pass with `--config`.
     pub config_toml: Option<String>,
@@ -28,9 +30,16 @@ pub struct ServerOptions {
     /// Run under `faketime` with this spec (e.g. `+30d`, `@2026-03-29 01:59:00`); monotonic time
     /// stays real (`FAKETIME_DONT_FAKE_MONOTONIC=1`).
     pub faketime: Option<String>,
+    /// Run under libfaketime reading its offset from this file (e.g. `+1d`), re-read on every
+    /// clock call: the test moves the server's wall clock without a restart by rewriting the
+    /// file. Monotonic time stays real. Ignored when `faketime` is set.
+    pub faketime_file: Option<PathBuf>,
     /// Use JSON log lines.
     pub json_logs: bool,
 }
+
+/// Where Debian's libfaketime lives (package `libfaketime`, pulled in by `faketime`).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 /// A running `vbm serve`. Dropping it kills the process; the data directory lives as long as
 /// the `Server`.
@@ -114,27 +123,7 @@ impl Server {
     pub async fn start_with(options: ServerOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("vbm-server-").tempdir()?;
         let data_dir = dir.path().join("data");
-        let bin = vbm_binary().await?;
-        let out = Command::new(&bin)
-            .args(["apikey", "create", "--name", "test", "--data"])
-            .arg(&data_dir)
-            .stdin(Stdio::null())
-            .output()
-            .await?;
-        if !out.status.success() {
-            bail!(
-                "vbm apikey create failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let api_key = String::from_utf8(out.stdout)?.trim().to_owned();
-        // reqwest has no built-in crypto provider in this workspace (ring, not aws-lc).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert("x-api-key", api_key.parse()?);
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .build()?;
+        let (api_key, http) = new_api_key(&data_dir).await?;
         let log_path = dir.path().join("server.log");
         let mut server = Self {
             url: String::new(),
@@ -161,6 +150,17 @@ impl Server {
             c.arg("-f").arg(spec).arg(&bin);
             c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
             c
+        } else if let Some(file) = &self.options.faketime_file {
+            if !Path::new(LIBFAKETIME).is_file() {
+                bail!("{LIBFAKETIME} is missing: run scripts/deps.sh (Debian package faketime)");
+            }
+            let mut c = Command::new(&bin);
+            c.env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", file)
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env_remove("FAKETIME");
+            c
         } else {
             Command::new(&bin)
         };
@@ -173,7 +173,7 @@ impl Server {
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         if let Some(repo) = &self.options.repo {
-            cmd.arg("--repo").arg(repo);
+            cmd.arg("--repo").arg(repo).arg("--init-repo");
         }
         if let Some(toml) = &self.options.config_toml {
             let path = self.data_dir.with_file_name("vbm.toml");
@@ -203,6 +203,43 @@ impl Server {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Creates a new API key in the data directory and uses it from now on (after a test
+    /// deleted the database, R4).
+    ///
+    /// # Errors
+    /// When `vbm apikey create` fails.
+    pub async fn renew_api_key(&mut self) -> anyhow::Result<()> {
+        let (key, http) = new_api_key(&self.data_dir).await?;
+        self.api_key = key;
+        self.http = http;
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable for the next (re)start, e.g.
+    /// `VBM_FAILPOINTS`.
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.options.env.retain(|(k, _)| k != name);
+        if let Some(v) = value {
+            self.options.env.push((name.to_owned(), v.to_owned()));
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (e.g. at a failpoint).
+    ///
+    /// # Errors
+    /// When it is still running after `timeout`.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("server not running")?;
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .context("vbm serve did not exit in time")??;
+        self.child = None;
+        Ok(status)
     }
 
     /// The process id.
@@ -279,4 +316,30 @@ impl Server {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+}
+
+/// Creates an admin API key with `vbm apikey create` and a client that sends it.
+async fn new_api_key(data_dir: &Path) -> anyhow::Result<(String, reqwest::Client)> {
+    let bin = vbm_binary().await?;
+    let out = Command::new(&bin)
+        .args(["apikey", "create", "--name", "test", "--data"])
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "vbm apikey create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let api_key = String::from_utf8(out.stdout)?.trim().to_owned();
+    // reqwest has no built-in crypto provider in this workspace (ring, not aws-lc).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-api-key", api_key.parse()?);
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
+    Ok((api_key, http))
 }

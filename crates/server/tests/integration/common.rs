@@ -77,3 +77,158 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A small inventory for backup tests: two thin VMs with CBT on (16 and 8 MiB, half allocated)
+/// so that a full backup of both reads ~12 MiB.
+pub(crate) const SMALL_SPEC: &str = r#"{
+  "seed": 7, "cbt_block_size": 65536, "qcda_window": 16777216,
+  "datacenters": [{
+    "name": "DC0", "datastores": [{"name": "datastore1"}],
+    "clusters": [{"name": "C0", "hosts": ["esx01", "esx02"]}],
+    "vms": [
+      {"name": "web01", "host": "esx01", "power": "on", "cbt": true,
+       "disks": [{"capacity": 16777216, "thin": true, "fill": {"kind": "mixed", "allocated": 0.5}}]},
+      {"name": "app01", "host": "esx02", "power": "off", "cbt": true,
+       "disks": [{"capacity": 8388608, "thin": true, "fill": {"kind": "mixed", "allocated": 0.5}}]}
+    ]
+  }]
+}"#;
+
+/// A server with a fresh repository under `dir` (GC off: tests start it explicitly).
+pub(crate) async fn server_with_repo(dir: &std::path::Path, extra_toml: &str) -> Server {
+    Server::start_with(vbm_testkit::ServerOptions {
+        repo: Some(dir.join("repo")),
+        config_toml: Some(format!("[gc]\ncron = \"\"\n{extra_toml}")),
+        ..vbm_testkit::ServerOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Saves a testbed as a vCenter (thumbprint pinned) and returns its id.
+pub(crate) async fn add_testbed(server: &Server, name: &str, tb: &vbm_testkit::Testbed) -> String {
+    let (status, _, body) = call(
+        server,
+        "POST",
+        "/api/v1/vcenters",
+        Some(
+            json!({"name": name, "url": tb.sdk_url, "username": tb.user, "password": tb.password,
+                    "trust": {"mode": "thumbprint", "sha256": tb.thumbprint_sha256}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// Starts a run of a job ("run now") and returns its id.
+pub(crate) async fn run_job(server: &Server, job: &str) -> String {
+    let (status, _, run) = call(server, "POST", &format!("/api/v1/jobs/{job}/run"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+    run["id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until a run is over and returns it with its per-VM results.
+pub(crate) async fn wait_run(server: &Server, run: &str, timeout: Duration) -> Value {
+    eventually(timeout, "the run to end", || async {
+        let (_, _, r) = call(server, "GET", &format!("/api/v1/runs/{run}"), None).await;
+        (r["status"] != "queued" && r["status"] != "running").then_some(r)
+    })
+    .await
+}
+
+/// The run's log as one string.
+pub(crate) async fn run_log(server: &Server, run: &str) -> String {
+    let (_, _, logs) = call(
+        server,
+        "GET",
+        &format!("/api/v1/runs/{run}/logs?limit=500"),
+        None,
+    )
+    .await;
+    logs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| format!("{} {}\n", l["level"], l["message"]))
+        .collect()
+}
+
+/// Every backup in the catalog, newest first.
+pub(crate) async fn backups(server: &Server, query: &str) -> Vec<Value> {
+    let (status, _, body) = call(
+        server,
+        "GET",
+        &format!("/api/v1/backups?limit=500{query}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["items"].as_array().unwrap().clone()
+}
+
+/// Backup ids with a manifest on disk (`<repo>/backups/<vm>/<time>/manifest.json`).
+pub(crate) fn manifests_on_disk(repo: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let Ok(vms) = std::fs::read_dir(repo.join("backups")) else {
+        return out;
+    };
+    for vm in vms.flatten() {
+        for b in std::fs::read_dir(vm.path()).unwrap().flatten() {
+            if b.path().join("manifest.json").is_file() {
+                out.insert(format!(
+                    "{}/{}",
+                    vm.file_name().to_string_lossy(),
+                    b.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Lock files left in the repository (INV-8).
+pub(crate) fn repo_locks(repo: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![repo.join("locks")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// `vbm-*` snapshots the testbed has for a VM.
+pub(crate) async fn vbm_snapshots(tb: &vbm_testkit::Testbed, vm: &str) -> Vec<String> {
+    tb.control()
+        .snapshot_names(vm)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("vbm-"))
+        .collect()
+}
+
+/// Waits until the run reports live progress of the download (the snapshot exists then).
+pub(crate) async fn wait_downloading(server: &Server, run: &str) {
+    eventually(Duration::from_secs(60), "download progress", || async {
+        let (_, _, r) = call(server, "GET", &format!("/api/v1/runs/{run}"), None).await;
+        r["progress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["phase"] == "downloading" && p["bytes_done"].as_u64() > Some(0))
+            .then_some(())
+    })
+    .await;
+}
+
+/// Percent-encodes a backup id for a path segment.
+pub(crate) fn enc(id: &str) -> String {
+    id.replace('/', "%2F")
+}
