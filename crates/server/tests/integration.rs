@@ -6,8 +6,10 @@ mod integration {
     mod backups;
     mod bad_input;
     mod common;
+    mod crash;
     mod metrics;
     mod restart;
+    mod retention;
     mod routes;
     mod schemathesis;
     mod secrets;

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use vbm_engine::vbm_repo::gc::{GcOptions, GcPhase, GcProgress};
+use vbm_engine::vbm_repo::gc::{GcOptions, GcProgress};
 use vbm_engine::vbm_repo::lock::LockKind;
 use vbm_engine::vbm_repo::prune::{self, Action, PruneGuards, RetentionPolicy};
 use vbm_engine::vbm_repo::{self, Cancel, Catalog, Repository, VmKey};
@@ -168,16 +168,6 @@ pub(super) fn retention(
     })
 }
 
-fn gc_phase(phase: GcPhase) -> &'static str {
-    match phase {
-        GcPhase::Started => "started",
-        GcPhase::Listed => "listing backups",
-        GcPhase::Marked => "marked every referenced chunk",
-        GcPhase::Sweeping => "sweeping unreferenced chunks",
-        GcPhase::Done => "done",
-    }
-}
-
 /// Garbage collection; progress on each phase change, with sweep counts.
 pub(super) fn gc(
     repo: &Repository,
@@ -185,9 +175,13 @@ pub(super) fn gc(
     progress: &ProgressSink,
     cancel: &Cancel,
 ) -> Result<GcOutcome, BackendError> {
-    let options = GcOptions {
-        dry_run: false,
-        grace,
+    // Built from the default: the repository adds options over time, and a struct literal
+    // would stop compiling each time it does.
+    #[allow(clippy::field_reassign_with_default)]
+    let options = {
+        let mut o = GcOptions::default();
+        o.grace = grace;
+        o
     };
     let mut last = None;
     let mut on_progress = |p: &GcProgress| {
@@ -199,7 +193,7 @@ pub(super) fn gc(
                 "info",
                 format!(
                     "garbage collection: {} ({} backups, {} chunks marked)",
-                    gc_phase(p.phase),
+                    format!("{:?}", p.phase).to_lowercase(),
                     p.backups_marked,
                     p.chunks_marked
                 ),
