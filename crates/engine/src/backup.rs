@@ -113,10 +113,13 @@ pub struct Timings {
     pub snapshot_create_seconds: f64,
     /// QueryChangedDiskAreas, all disks.
     pub cbt_query_seconds: f64,
-    /// Reading, hashing, compressing and storing data, all disks.
+    /// Reading, hashing, compressing and storing data, all disks (while the snapshot exists).
     pub data_seconds: f64,
     /// Removing the snapshot.
     pub snapshot_remove_seconds: f64,
+    /// Computing the SHA-256 of incrementally read disks from the repository (after the snapshot
+    /// is gone; local work, no vCenter involved).
+    pub digest_seconds: f64,
     /// Writing the manifest.
     pub commit_seconds: f64,
 }
@@ -205,6 +208,9 @@ struct Pending {
     writer: BackupWriter,
     manifest: Manifest,
     bytes_read: u64,
+    /// Disk files of incremental reads whose SHA-256 is computed from their index after the
+    /// snapshot is removed: (position in `manifest.files`, label, index).
+    digests: Vec<(usize, String, FixedIndexReader)>,
 }
 
 impl Ctx<'_> {
@@ -339,6 +345,44 @@ impl Ctx<'_> {
             return Err(Error::Cancelled);
         }
 
+        // The SHA-256 of disks read incrementally covers their unchanged data too: read it back
+        // from the repository now that vCenter no longer keeps a snapshot for us.
+        let digest_started = Instant::now();
+        for (position, label, index) in std::mem::take(&mut pending.digests) {
+            self.info(
+                Phase::Compressing,
+                format!(
+                    "computing the SHA-256 of {label} (unchanged data is read from the repository)"
+                ),
+            );
+            let repo = self.repo.clone();
+            let threads = self.options.workers.max(1);
+            let computed = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => Err(Error::Cancelled),
+                r = tokio::task::spawn_blocking(move || repo.file_sha256(&index, threads)) => r.map_err(|e| Error::join(&e)),
+            };
+            let sha256 = match computed.and_then(|r| r.map_err(Error::from)) {
+                Ok(sha) => sha,
+                Err(e) => {
+                    discard(Arc::new(pending.writer)).await;
+                    return Err(match e {
+                        Error::Repo(
+                            inner @ (vbm_repo::Error::ChunkCorrupt { .. }
+                            | vbm_repo::Error::ChunkMissing { .. }),
+                        ) => Error::Refused(format!(
+                            "{label}: the previous backup's data is damaged ({inner}); run 'vbm verify' (it quarantines damaged chunks) and back up again: the next backup reads that data from vCenter"
+                        )),
+                        other => other,
+                    });
+                }
+            };
+            if let Some(file) = pending.manifest.files.get_mut(position) {
+                file.sha256 = sha256;
+            }
+        }
+        self.timings.digest_seconds = digest_started.elapsed().as_secs_f64();
+
         self.info(Phase::Compressing, "writing the manifest");
         let commit_started = Instant::now();
         pending.manifest.finished = Timestamp::now();
@@ -347,6 +391,7 @@ impl Ctx<'_> {
             writer,
             manifest,
             bytes_read,
+            ..
         } = pending;
         // The repository may have moved the id on by a second (ids stay unique when the clock
         // repeats itself): the writer's id is the truth, not the start time.
@@ -450,6 +495,7 @@ impl Ctx<'_> {
         let mut manifest_disks = Vec::new();
         let mut bytes_read = 0u64;
         let mut any_incremental = false;
+        let mut digests = Vec::new();
 
         // The configuration file.
         let vmx_file = DatastoreFile::new(dc_path.clone(), vmx_path.clone());
@@ -557,10 +603,14 @@ impl Ctx<'_> {
                 )
                 .await?,
             );
+            if outcome.sha256.is_none() {
+                digests.push((files.len(), disk.label.clone(), outcome.index.index.clone()));
+            }
             files.push(ManifestFile {
                 path: flat_manifest_path.clone(),
                 size_bytes: capacity,
-                sha256: outcome.sha256,
+                // Filled in after the snapshot removal when it was not computed inline.
+                sha256: outcome.sha256.unwrap_or_else(|| vbm_repo::Sha256::of(&[])),
                 kind: FileKind::Disk,
                 storage: outcome.index.storage(),
             });
@@ -612,6 +662,7 @@ impl Ctx<'_> {
             writer,
             manifest,
             bytes_read,
+            digests,
         })
     }
 
@@ -720,11 +771,27 @@ impl Ctx<'_> {
         let repo = self.repo.clone();
         let id = parent.id.clone();
         let (name, sha256) = (name.clone(), *sha256);
-        let index =
-            tokio::task::spawn_blocking(move || repo.open_backup(&id)?.open_index(&name, &sha256))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("the last backup's index cannot be read ({e})"))?;
+        // The index, and how many of its chunks are gone (quarantined by verify, or lost): an
+        // incremental reuses every chunk it does not read, so all of them must be there.
+        let (index, missing) = tokio::task::spawn_blocking(move || -> vbm_repo::Result<_> {
+            let index = repo.open_backup(&id)?.open_index(&name, &sha256)?;
+            let unique: std::collections::HashSet<_> = index.digests().iter().copied().collect();
+            let mut missing = 0usize;
+            for digest in unique {
+                if !repo.has_chunk(&digest)? {
+                    missing += 1;
+                }
+            }
+            Ok((index, missing))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("the last backup's index cannot be read ({e})"))?;
+        if missing > 0 {
+            return Err(format!(
+                "{missing} chunk(s) of the last backup are missing or quarantined as damaged"
+            ));
+        }
         if u64::from(index.chunk_size()) != u64::from(self.repo.chunk_size())
             || index.logical_size() != disk.capacity_bytes
         {

@@ -1,15 +1,18 @@
 //! The data path of one disk: ranged reads from the datastore (several at once), chunks hashed,
-//! compressed and stored on every core, the fixed index, and the whole-file SHA-256 — with the
-//! network never idle waiting for the CPU.
+//! compressed and stored on every core, the fixed index, and — for a full read — the whole-file
+//! SHA-256, with the network never idle waiting for the CPU.
 //!
 //! Three stages connected by ordered, bounded streams:
 //! 1. **fetch** — the plan's chunks in disk order; consecutive chunks to read form a group fetched
 //!    with as few range requests as possible; up to `streams` groups in flight;
 //! 2. **store** — per chunk on the blocking pool: overlay changed bytes on the parent's chunk
-//!    when needed, then insert (hash, dedup, compress, write); unchanged chunks are read back
-//!    from the repository (they must be hashed for the file digest, and reading them proves they
-//!    are intact — a damaged one is read again from vCenter); up to `workers` in flight;
-//! 3. **digest** — the chunks in order into one SHA-256 on its own thread.
+//!    when needed (a damaged parent chunk is read again from vCenter), then insert (hash, dedup,
+//!    compress, write); up to `workers` in flight;
+//! 3. **digest** (full reads only) — the chunks in order into one SHA-256 on its own thread.
+//!
+//! An incremental leaves unchanged chunks alone here: their data is in the repository already,
+//! and the file's SHA-256 is computed from the finished index after the snapshot is removed
+//! (see `backup.rs`), so the snapshot lives only as long as the changed data takes to move.
 //!
 //! Memory stays bounded by the two buffer depths (≈ (streams × group + workers) chunks).
 
@@ -51,7 +54,9 @@ pub(super) struct DiskJob<'a> {
 
 pub(super) struct DiskOutcome {
     pub(super) index: IndexSummary,
-    pub(super) sha256: Sha256,
+    /// The whole file's SHA-256 when it was computed inline (full read); `None` for an
+    /// incremental, whose digest is computed from the index afterwards.
+    pub(super) sha256: Option<Sha256>,
     pub(super) bytes_read: u64,
     pub(super) warnings: Vec<String>,
 }
@@ -80,6 +85,8 @@ enum Item {
 enum Piece {
     Zeros(u64),
     Data(Vec<u8>),
+    /// An unchanged chunk of an incremental: nothing to hash inline.
+    Skip,
 }
 
 struct Shared<'a> {
@@ -123,7 +130,8 @@ pub(super) async fn back_up_disk(job: DiskJob<'_>) -> Result<DiskOutcome> {
     };
     let meter = Meter::new(Phase::Downloading, job.vm_name, Some(job.label), capacity);
 
-    // Stage 3 runs on its own thread and is fed in disk order.
+    // Stage 3 (full reads) runs on its own thread and is fed in disk order.
+    let inline_digest = job.parent.is_none();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(job.workers.max(1) * 2);
     let digest = tokio::task::spawn_blocking(move || {
         let mut hasher = Sha256Hasher::new();
@@ -131,6 +139,7 @@ pub(super) async fn back_up_disk(job: DiskJob<'_>) -> Result<DiskOutcome> {
             match piece {
                 Piece::Zeros(n) => hasher.update_zeros(n),
                 Piece::Data(d) => hasher.update(&d),
+                Piece::Skip => {}
             }
         }
         hasher.finish()
@@ -155,7 +164,7 @@ pub(super) async fn back_up_disk(job: DiskJob<'_>) -> Result<DiskOutcome> {
             }
             let (len, piece) = piece?;
             meter.add(len, job.progress);
-            if tx.send(piece).await.is_err() {
+            if inline_digest && tx.send(piece).await.is_err() {
                 return Err(Error::Internal("the digest thread stopped".into()));
             }
         }
@@ -165,6 +174,7 @@ pub(super) async fn back_up_disk(job: DiskJob<'_>) -> Result<DiskOutcome> {
     drop(chunks);
     drop(tx);
     let sha256 = digest.await.map_err(|e| Error::join(&e))?;
+    let sha256 = inline_digest.then_some(sha256);
     consumed?;
     meter.flush(job.progress);
 
@@ -310,24 +320,9 @@ async fn store(shared: &Shared<'_>, item: Item) -> Result<(u64, Piece)> {
                 Piece::Zeros(chunk_len(shared, index)),
             ))
         }
-        Item::Parent(index) => {
-            let len = chunk_len(shared, index);
-            let digest = parent_digest(shared, index)?;
-            if digest.is_zero() {
-                return Ok((len, Piece::Zeros(len)));
-            }
-            match read_chunk(shared, digest, len).await {
-                // The index already names this chunk (copied from the parent and referenced).
-                Ok(data) => Ok((len, Piece::Data(data))),
-                Err(e) => {
-                    tracing::warn!(chunk = %digest, error = %e, "parent chunk unusable; reading it again from vCenter");
-                    let data = refetch(shared, index).await?;
-                    insert(shared, index, data)
-                        .await
-                        .map(|d| (len, Piece::Data(d)))
-                }
-            }
-        }
+        // Unchanged since the parent: the index (copied from the parent, every chunk referenced)
+        // already names it; its data is hashed from the repository after the snapshot is gone.
+        Item::Parent(index) => Ok((chunk_len(shared, index), Piece::Skip)),
         Item::Data {
             index,
             mut buf,

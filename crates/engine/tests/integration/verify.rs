@@ -122,3 +122,85 @@ async fn verify_reports_a_damaged_chunk_and_a_disk_resized_in_vcenter() {
         "the chunk is named"
     );
 }
+
+// S-D5: a damaged chunk of the last backup makes the next incremental fail loudly (it would
+// otherwise record a digest over damaged data); verify quarantines the chunk, and the backup after
+// that reads the data again from vCenter instead of deduplicating against the damage.
+#[tokio::test]
+async fn damaged_parent_chunk_fails_the_incremental_until_verify_quarantines_it() {
+    let tb = Testbed::start("default").await.unwrap();
+    let vc = client(&tb).await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let cancel = CancellationToken::new();
+    let options = || BackupOptions {
+        run_id: vbm_engine::RunId::new(),
+        ..BackupOptions::new(VmSelector::Name("web01".into()))
+    };
+    let first = backup(&vc, &repo, &options(), &NoProgress, &cancel)
+        .await
+        .unwrap();
+    let disk = first.manifest.disks[0].clone();
+    let digest = {
+        let b = repo.open_backup(&first.backup_id).unwrap();
+        let r = b.open_file(&disk.file).unwrap();
+        r.segments()
+            .into_iter()
+            .find(|s| !s.digest.is_zero())
+            .unwrap()
+            .digest
+            .to_hex()
+    };
+    let chunk = dir
+        .path()
+        .join("repo/chunks")
+        .join(&digest[..2])
+        .join(&digest[2..4])
+        .join(&digest);
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&chunk, bytes).unwrap();
+
+    let err = backup(&vc, &repo, &options(), &NoProgress, &cancel)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("damaged") && err.to_string().contains("vbm verify"),
+        "{err}"
+    );
+    assert_eq!(
+        repo.list_backups().unwrap().committed.len(),
+        1,
+        "nothing committed over damage"
+    );
+
+    let report = verify(&repo, None, false, None, &NoProgress, &cancel)
+        .await
+        .unwrap();
+    assert!(
+        !report.ok && report.repository.chunks.iter().any(|c| c.quarantined),
+        "{report:?}"
+    );
+    let healed = backup(&vc, &repo, &options(), &NoProgress, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(
+        super::support::restored_sha256(&repo, &healed.backup_id, &disk.file),
+        tb.control()
+            .disk_sha256("web01", disk.device_key)
+            .await
+            .unwrap()
+    );
+    let after = verify(
+        &repo,
+        Some(vec![healed.backup_id.clone()]),
+        false,
+        None,
+        &NoProgress,
+        &cancel,
+    )
+    .await
+    .unwrap();
+    assert!(after.ok, "{after:?}");
+}
