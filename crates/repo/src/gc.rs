@@ -19,6 +19,11 @@ use crate::lock::{LockKind, LockRecord};
 use crate::repository::Repository;
 use crate::verify::manifest_indexes;
 
+/// Temporary files and manifest-less backup directories are removed only when older than this
+/// (or the grace period, if longer), whatever the grace: a put in progress or a writer on a
+/// host with a skewed clock must not lose its files to a GC run with a short grace.
+pub const LEFTOVER_MIN_AGE: Duration = Duration::from_secs(3600);
+
 /// Options of [`gc`].
 #[derive(Debug, Clone, Default)]
 pub struct GcOptions {
@@ -26,6 +31,9 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Overrides the repository's grace period (tests use a short one).
     pub grace: Option<Duration>,
+    /// Overrides [`LEFTOVER_MIN_AGE`] for temp files and partial backups (for recovery right
+    /// after a crash when no writer can be running, and for tests).
+    pub leftover_age: Option<Duration>,
 }
 
 /// Where GC is.
@@ -33,6 +41,8 @@ pub struct GcOptions {
 pub enum GcPhase {
     /// The lock is held, the cutoff computed.
     Started,
+    /// The backups to mark are listed; their manifests and indexes are read next.
+    Listed,
     /// Every reference is known; the sweep is next.
     Marked,
     /// Deleting.
@@ -126,6 +136,11 @@ pub fn gc(
     )
     .unwrap_or(SignedDuration::MAX);
     let old = |t: Timestamp| t.checked_sub(grace).unwrap_or(Timestamp::MIN);
+    let leftover_age = match options.leftover_age {
+        Some(age) => SignedDuration::try_from(age).unwrap_or(SignedDuration::MAX),
+        None => grace.max(SignedDuration::try_from(LEFTOVER_MIN_AGE).unwrap_or(grace)),
+    };
+    let leftover_before = started.checked_sub(leftover_age).unwrap_or(Timestamp::MIN);
 
     // Writers: the oldest active one bounds the cutoff; stale ones lose their lease.
     let mut oldest = started;
@@ -191,6 +206,8 @@ pub fn gc(
 
     // Mark.
     let listing = repo.list_backups()?;
+    p.phase = GcPhase::Listed;
+    progress(&p);
     let mut marked: HashSet<ChunkDigest> = HashSet::new();
     for id in &listing.committed {
         cancel.check()?;
@@ -248,7 +265,7 @@ pub fn gc(
                 candidates.push((path, meta));
             }
         } else if name.contains(TMP_MARKER) {
-            if meta.modified < old(started) {
+            if meta.modified < leftover_before {
                 temps.push(path);
             }
         } else if name.ends_with(crate::format::BAD_SUFFIX) {
@@ -314,7 +331,7 @@ pub fn gc(
         repo.backend().list(&dir, true, &mut |e| {
             if let ListEntry::Object { path, meta } = e
                 && path.file_name().contains(TMP_MARKER)
-                && meta.modified < old(started)
+                && meta.modified < leftover_before
             {
                 temps.push(path);
             }
@@ -343,7 +360,7 @@ pub fn gc(
         }
         let dir = layout::backup_dir(&id);
         let files = list_objects(repo.backend().as_ref(), &dir)?;
-        if files.iter().any(|(_, m)| m.modified >= old(started)) {
+        if files.iter().any(|(_, m)| m.modified >= leftover_before) {
             continue;
         }
         if !options.dry_run {

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::fs::{Fs, FsDirEntry, FsMeta, FsSpace};
+use crate::clock::{Clock, SystemClock};
 
 /// What a crash loses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,7 @@ const ROOT: u64 = 0;
 #[derive(Debug)]
 pub struct CrashFs {
     state: Mutex<State>,
+    clock: Arc<dyn Clock>,
 }
 
 fn crashed_err() -> io::Error {
@@ -161,9 +163,17 @@ impl State {
 }
 
 impl CrashFs {
-    /// An empty file system (just the root directory), durable.
+    /// An empty file system (just the root directory), durable; file times from the system
+    /// clock.
     #[must_use]
     pub fn new() -> Arc<CrashFs> {
+        CrashFs::with_clock(Arc::new(SystemClock))
+    }
+
+    /// As [`CrashFs::new`], with file modification times taken from `clock` (so that tests on
+    /// a manual clock see consistent ages).
+    #[must_use]
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Arc<CrashFs> {
         let mut nodes = HashMap::new();
         nodes.insert(
             ROOT,
@@ -182,7 +192,12 @@ impl CrashFs {
                 syncs: 0,
                 crashed: false,
             }),
+            clock,
         })
+    }
+
+    fn now(&self) -> SystemTime {
+        SystemTime::from(self.clock.now())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -357,7 +372,7 @@ impl Fs for CrashFs {
         let ino = s.alloc(Node::File {
             data: data.to_vec(),
             synced: Vec::new(),
-            mtime: SystemTime::now(),
+            mtime: self.now(),
         });
         s.entries_mut(dir)?.insert(name, ino);
         if sync {
@@ -423,7 +438,7 @@ impl Fs for CrashFs {
         let ino = s.alloc(Node::Dir {
             entries: BTreeMap::new(),
             synced: BTreeMap::new(),
-            mtime: SystemTime::now(),
+            mtime: self.now(),
         });
         s.entries_mut(dir)?.insert(name, ino);
         Ok(())

@@ -49,11 +49,17 @@ impl LocalBackend {
 
     fn err(&self, op: &'static str, path: &Path, e: io::Error) -> Error {
         let shown = path.display().to_string();
+
         if e.raw_os_error() == Some(28) || e.kind() == io::ErrorKind::StorageFull {
             let detail = match self.fs.space() {
-                Some(s) if s.free_inodes == 0 => {
-                    format!("no free inodes left on {}", self.fs.describe())
-                }
+                // ENOSPC with a handful of inodes left (the failed write released its own):
+                // the inode table is the limit, not the bytes.
+                Some(s) if s.free_inodes <= 16 => format!(
+                    "no free inodes left on {} ({} inodes, {} bytes free)",
+                    self.fs.describe(),
+                    s.free_inodes,
+                    s.free_bytes
+                ),
                 Some(s) => format!(
                     "{} bytes and {} inodes free on {}",
                     s.free_bytes,
