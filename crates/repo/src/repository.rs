@@ -41,6 +41,9 @@ pub struct InitOptions {
     pub gc_grace: Duration,
     /// Lock staleness recorded in `repo.json`.
     pub lock_stale: Duration,
+    /// The repository id (default: a new random one). A caller that must store the key file
+    /// under the id before the repository exists takes one from [`Repository::new_id`].
+    pub id: Option<String>,
 }
 
 impl Default for InitOptions {
@@ -51,6 +54,7 @@ impl Default for InitOptions {
             key: None,
             gc_grace: Duration::from_secs(DEFAULT_GC_GRACE_SECS),
             lock_stale: Duration::from_secs(DEFAULT_LOCK_STALE_SECS),
+            id: None,
         }
     }
 }
@@ -135,9 +139,17 @@ impl Repository {
                 existing.join(", ")
             )));
         }
-        let mut id = [0u8; 16];
-        rand::rng().fill_bytes(&mut id);
-        let id = hex::encode(id);
+        let id = match &options.id {
+            Some(id) if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                id.to_ascii_lowercase()
+            }
+            Some(id) => {
+                return Err(Error::InvalidArgument(format!(
+                    "repository id {id:?} must be 32 hex digits"
+                )));
+            }
+            None => Repository::new_id(),
+        };
         let encryption = options.key.as_ref().map(|k| EncryptionConfig {
             algorithm: "aes-256-gcm".into(),
             chunk_id: "hmac-sha256".into(),
@@ -165,6 +177,14 @@ impl Repository {
             ..open
         };
         Repository::open(backend, open)
+    }
+
+    /// A fresh random repository id (32 hex digits).
+    #[must_use]
+    pub fn new_id() -> String {
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        hex::encode(id)
     }
 
     /// Creates a repository in directory `dir` (created if missing).

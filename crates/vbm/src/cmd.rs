@@ -7,3 +7,8 @@ pub(crate) mod restore;
 pub(crate) mod serve;
 pub(crate) mod version;
 pub(crate) mod vms;
+pub(crate) mod repo;
+pub(crate) mod verify;
+pub(crate) mod prune;
+pub(crate) mod gc;
+pub(crate) mod backups;

@@ -26,6 +26,18 @@ struct Cli {
 enum Command {
     /// Print version and build information.
     Version(cmd::version::Args),
+    /// Create a repository and show its figures.
+    #[command(subcommand)]
+    Repo(cmd::repo::Command),
+    /// Verify backups (quick or full); exit 3 when damage is found.
+    Verify(cmd::verify::Args),
+    /// Apply retention: remove backups no rule keeps.
+    Prune(cmd::prune::Args),
+    /// Delete chunks no backup references.
+    Gc(cmd::gc::Args),
+    /// List the backups in a repository.
+    #[command(subcommand)]
+    Backups(cmd::backups::Command),
     /// Back up one VM into a repository (CBT-incremental unless --full).
     Backup(cmd::backup::Args),
     /// Restore a backup to a directory, to vCenter as a new VM, or in place.
@@ -77,6 +89,11 @@ fn main() -> ExitCode {
     output::init_logging();
     let result = match cli.command {
         Command::Version(args) => cmd::version::run(args),
+        Command::Repo(cmd) => cmd::repo::run(cmd),
+        Command::Verify(args) => cmd::verify::run(args),
+        Command::Prune(args) => cmd::prune::run(args),
+        Command::Gc(args) => cmd::gc::run(args),
+        Command::Backups(cmd) => cmd::backups::run(cmd),
         Command::Backup(args) => cmd::backup::run(args),
         Command::Restore(args) => cmd::restore::run(args),
         Command::Vms(args) => cmd::vms::run(args),
