@@ -157,6 +157,9 @@ pub struct EngineConfig {
     pub streams: u32,
     /// Threads hashing, compressing and decoding chunks (0 = one per core).
     pub workers: u32,
+    /// Largest single HTTP range request, bytes (1 MiB-1 GiB, default 32 MiB). Smaller requests
+    /// report progress and resume after a broken connection at a finer grain.
+    pub max_request_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -164,6 +167,7 @@ impl Default for EngineConfig {
         Self {
             streams: 4,
             workers: 0,
+            max_request_bytes: 32 << 20,
         }
     }
 }
@@ -217,6 +221,12 @@ impl Config {
             return Err(Error::Invalid(format!(
                 "engine.streams must be between 1 and 64, got {}",
                 self.engine.streams
+            )));
+        }
+        if !((1 << 20)..=(1 << 30)).contains(&self.engine.max_request_bytes) {
+            return Err(Error::Invalid(format!(
+                "engine.max_request_bytes must be between 1 MiB and 1 GiB, got {}",
+                self.engine.max_request_bytes
             )));
         }
         if self.engine.workers > 256 {

@@ -7,7 +7,9 @@ mod integration {
     mod bad_input;
     mod common;
     mod crash;
+    mod load;
     mod metrics;
+    mod protection;
     mod restart;
     mod retention;
     mod routes;

@@ -42,6 +42,8 @@ pub struct EngineSettings {
     pub streams: usize,
     /// Threads hashing, compressing and decoding chunks.
     pub workers: usize,
+    /// Largest single HTTP range request.
+    pub max_request_bytes: u64,
     /// GC grace period (default: the one recorded in the repository).
     pub gc_grace: Option<Duration>,
 }
@@ -54,6 +56,7 @@ impl Default for EngineSettings {
             init_repo: false,
             streams: 4,
             workers: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            max_request_bytes: 32 << 20,
             gc_grace: None,
         }
     }
@@ -326,6 +329,7 @@ impl Backend for EngineBackend {
             options.vcenter.clone_from(&target.name);
             options.streams = inner.settings.streams.max(1);
             options.workers = inner.settings.workers.max(1);
+            options.max_request_bytes = inner.settings.max_request_bytes.max(1 << 20);
             let sink = engine_sink(progress);
             let result = vbm_engine::backup(&client, &repo, &options, &sink, &cancel).await;
             logout(client).await;

@@ -364,15 +364,19 @@ impl Db {
 
         use crate::jobs::protection::SeenVm;
         self.read(move |c| {
-            let mut out: BTreeMap<String, SeenVm> = BTreeMap::new();
+            let mut out: BTreeMap<(String, String), SeenVm> = BTreeMap::new();
+            // Keyed by vCenter (name, as backups record it) and instance UUID: two vCenters may
+            // hold VMs with the same UUID.
             let mut stmt = c.prepare(
                 "SELECT rv.vcenter_id, rv.instance_uuid,
                     (SELECT x.vm_name FROM run_vms x JOIN runs y ON y.id = x.run_id
-                       WHERE y.job_id = ?1 AND x.instance_uuid = rv.instance_uuid ORDER BY y.seq DESC LIMIT 1),
+                       WHERE y.job_id = ?1 AND x.vcenter_id = rv.vcenter_id
+                         AND x.instance_uuid = rv.instance_uuid ORDER BY y.seq DESC LIMIT 1),
                     MIN(COALESCE(rv.started_at, r.created_at)),
-                    MAX(CASE WHEN rv.status = 'success' THEN rv.finished_at END)
+                    MAX(CASE WHEN rv.status = 'success' THEN rv.finished_at END),
+                    (SELECT v.name FROM vcenters v WHERE v.id = rv.vcenter_id)
                  FROM run_vms rv JOIN runs r ON r.id = rv.run_id
-                 WHERE r.job_id = ?1 GROUP BY rv.instance_uuid",
+                 WHERE r.job_id = ?1 GROUP BY rv.vcenter_id, rv.instance_uuid",
             )?;
             let rows = stmt.query_map([job.as_str()], |r| {
                 Ok((
@@ -381,13 +385,14 @@ impl Db {
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, Option<i64>>(3)?,
                     r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             })?;
             for row in rows {
-                let (vc, uuid, name, first, last) = row?;
+                let (vc, uuid, name, first, last, vc_name) = row?;
                 let uuid = uuid.to_ascii_lowercase();
                 out.insert(
-                    uuid.clone(),
+                    (vc_name.unwrap_or_default().to_lowercase(), uuid.clone()),
                     SeenVm {
                         vcenter_id: crate::ids::VcenterId::parse(&vc).ok(),
                         vm_name: name.unwrap_or_else(|| uuid.clone()),
@@ -398,8 +403,8 @@ impl Db {
                 );
             }
             let mut stmt = c.prepare(
-                "SELECT instance_uuid, MAX(vm_name), MIN(started), MAX(finished) FROM backups
-                 WHERE job_id = ?1 AND instance_uuid IS NOT NULL GROUP BY instance_uuid",
+                "SELECT instance_uuid, MAX(vm_name), MIN(started), MAX(finished), vcenter FROM backups
+                 WHERE job_id = ?1 AND instance_uuid IS NOT NULL GROUP BY vcenter, instance_uuid",
             )?;
             let rows = stmt.query_map([job.as_str()], |r| {
                 Ok((
@@ -407,13 +412,15 @@ impl Db {
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
                 ))
             })?;
             for row in rows {
-                let (uuid, name, first, last) = row?;
+                let (uuid, name, first, last, vc_name) = row?;
                 let uuid = uuid.to_ascii_lowercase();
                 let (first, last) = (from_millis(first), from_millis(last));
-                let vm = out.entry(uuid.clone()).or_insert_with(|| SeenVm {
+                let key = (vc_name.to_lowercase(), uuid.clone());
+                let vm = out.entry(key).or_insert_with(|| SeenVm {
                     vcenter_id: None,
                     instance_uuid: uuid,
                     vm_name: name,

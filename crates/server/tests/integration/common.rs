@@ -94,11 +94,20 @@ pub(crate) const SMALL_SPEC: &str = r#"{
   }]
 }"#;
 
-/// A server with a fresh repository under `dir` (GC off: tests start it explicitly).
+/// A server with a fresh repository under `dir` (GC off: tests start it explicitly). The
+/// repository is made beforehand, as `vbm repo init` would, with 1 MiB chunks: small disks then
+/// span many chunks, and a throttled download reports progress every chunk.
 pub(crate) async fn server_with_repo(dir: &std::path::Path, extra_toml: &str) -> Server {
+    let options = vbm_engine::vbm_repo::InitOptions {
+        chunk_size: 1 << 20,
+        ..vbm_engine::vbm_repo::InitOptions::default()
+    };
+    vbm_engine::vbm_repo::Repository::init_local(&dir.join("repo"), &options).unwrap();
     Server::start_with(vbm_testkit::ServerOptions {
         repo: Some(dir.join("repo")),
-        config_toml: Some(format!("[gc]\ncron = \"\"\n{extra_toml}")),
+        config_toml: Some(format!(
+            "[engine]\nmax_request_bytes = 1048576\n[gc]\ncron = \"\"\n{extra_toml}"
+        )),
         ..vbm_testkit::ServerOptions::default()
     })
     .await

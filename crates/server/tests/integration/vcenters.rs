@@ -1,12 +1,12 @@
 //! Against the testbed (govmomi vcsim, extended): test connection, inventory, and one job over two
-//! vCenters (5.3) whose run resolves VMs from both at run time.
+//! vCenters (5.3) whose run resolves VMs from both at run time and backs them all up.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
 
-use super::common::{call, create_job, eventually};
+use super::common::{SMALL_SPEC, backups, call, create_job, server_with_repo, wait_run};
 use vbm_testkit::{Server, Testbed};
 
 async fn add(server: &Server, name: &str, tb: &Testbed, thumbprint: &str) -> String {
@@ -27,9 +27,15 @@ async fn add(server: &Server, name: &str, tb: &Testbed, thumbprint: &str) -> Str
 // covers L4 (paginated inventory), 5.3 (two vCenters in one job)
 #[tokio::test]
 async fn two_vcenters_in_one_job() {
-    let (a, b) = tokio::join!(Testbed::start("default"), Testbed::start("default"));
+    // Other names in the second: vcsim derives instance UUIDs from names, and two real
+    // vCenters give their VMs different ones.
+    let other = SMALL_SPEC
+        .replace("web01", "web02")
+        .replace("app01", "app02");
+    let (a, b) = tokio::join!(Testbed::start(SMALL_SPEC), Testbed::start(&other));
     let (a, b) = (a.unwrap(), b.unwrap());
-    let server = Server::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_repo(dir.path(), "").await;
     let va = add(&server, "vc-a", &a, &a.thumbprint_sha256).await;
     let vb = add(&server, "vc-b", &b, &b.thumbprint_sha256).await;
     // Test connection: pinned thumbprint, login works.
@@ -79,11 +85,8 @@ async fn two_vcenters_in_one_job() {
     let (status, _, run) = call(&server, "POST", &format!("/api/v1/jobs/{id}/run"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let run_id = run["id"].as_str().unwrap().to_owned();
-    let done = eventually(Duration::from_secs(60), "the run to end", || async {
-        let (_, _, r) = call(&server, "GET", &format!("/api/v1/runs/{run_id}"), None).await;
-        (r["status"] != "queued" && r["status"] != "running").then_some(r)
-    })
-    .await;
+    let done = wait_run(&server, &run_id, Duration::from_secs(180)).await;
+    assert_eq!(done["status"], "success", "{done}");
     let vms = done["vms"].as_array().unwrap();
     let vcenters: std::collections::HashSet<_> = vms
         .iter()
@@ -91,8 +94,27 @@ async fn two_vcenters_in_one_job() {
         .collect();
     assert_eq!(vcenters.len(), 2, "{done}");
     assert_eq!(vms.len(), expected);
-    // Every VM has a precise result (until the engine is linked in, a precise refusal).
-    assert!(vms.iter().all(|v| v["error"].as_str().is_some_and(|e| !e.is_empty()) || v["status"] == "success"), "{done}");
+    assert!(
+        vms.iter()
+            .all(|v| v["status"] == "success" && v["backup_id"].is_string()),
+        "{done}"
+    );
+    // Real restore points from both vCenters, in one catalog.
+    let list = backups(&server, &format!("&job_id={id}")).await;
+    assert_eq!(list.len(), expected);
+    let labels: std::collections::BTreeSet<_> = list
+        .iter()
+        .map(|b| b["vcenter"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["vc-a", "vc-b"].into());
+    assert_eq!(list.iter().filter(|b| b["vcenter"] == "vc-b").count(), 2);
     let (_, _, jobs) = call(&server, "GET", "/api/v1/jobs", None).await;
     assert_eq!(jobs["items"][0]["last_run"]["id"], run_id.as_str());
+    assert_eq!(
+        jobs["items"][0]["protection"]["vms"]
+            .as_array()
+            .unwrap()
+            .len(),
+        expected
+    );
 }

@@ -89,6 +89,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             0 => EngineSettings::default().workers,
             n => n as usize,
         },
+        max_request_bytes: config.engine.max_request_bytes,
         gc_grace: config.gc.grace_secs.map(std::time::Duration::from_secs),
     };
     let options = Options {
