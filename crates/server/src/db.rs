@@ -265,19 +265,25 @@ impl Db {
         .await
     }
 
-    /// Whether the database takes a write right now (S-D3): retention and GC delete nothing
-    /// while it does not, so that no deletion ever rests on a write that failed.
+    /// Whether the database has room to write right now (S-D3): retention and GC delete
+    /// nothing unless it has, so that no deletion ever rests on a write that failed. The probe
+    /// commits 256 KiB (then shrinks it again): a disk with only a few free pages left, where
+    /// the next real write may fail, fails the probe too.
     ///
     /// # Errors
     /// [`Error::Full`], [`Error::Maintenance`], SQLite errors.
     pub async fn probe_writable(&self) -> Result<()> {
-        let token = format!("{:016x}", rand::random::<u64>());
         self.write(move |c| {
-            c.execute(
-                "INSERT INTO settings (key, value) VALUES ('write_probe', ?1)
-                 ON CONFLICT(key) DO UPDATE SET value = ?1",
-                [token],
-            )?;
+            let result = c.execute(
+                "INSERT INTO settings (key, value) VALUES ('write_probe', hex(randomblob(131072)))
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [],
+            );
+            let _ = c.execute(
+                "UPDATE settings SET value = '' WHERE key = 'write_probe'",
+                [],
+            );
+            result?;
             Ok(())
         })
         .await

@@ -7,6 +7,7 @@ mod integration {
     mod bad_input;
     mod common;
     mod crash;
+    mod db_full;
     mod load;
     mod metrics;
     mod protection;

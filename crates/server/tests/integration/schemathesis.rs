@@ -3,16 +3,16 @@
 //!
 //! Operations that make the server connect to a vCenter URL taken from the request
 //! (`/vcenters/test`, `/vcenters/{id}/test`, `/vms`) are left out: fuzzed URLs must never turn
-//! into outbound connections from a test machine. The repository operations answer a documented
-//! 503 ("no backup repository is configured") until the engine backend is wired in; they are left
-//! out until then. SSE streams (`/events`) are not request/response and are tested elsewhere.
+//! into outbound connections from a test machine. The server has a (empty) repository, so the
+//! repository operations (stats, GC, catalog rebuild) and retention are fuzzed too; restore and
+//! verify only ever see backup ids that do not exist. SSE streams (`/events`) are not
+//! request/response and are tested elsewhere.
 
 use std::process::Command;
 
 use serde_json::json;
 
-use super::common::{call, create_job, create_vcenter};
-use vbm_testkit::Server;
+use super::common::{call, create_job, create_vcenter, server_with_repo};
 
 // covers I1
 #[tokio::test]
@@ -22,7 +22,8 @@ async fn schemathesis_finds_no_server_error() {
         probe.is_ok(),
         "schemathesis is missing: run scripts/deps.sh (pip install schemathesis)"
     );
-    let server = Server::start().await.unwrap();
+    let repo_dir = tempfile::tempdir().unwrap();
+    let server = server_with_repo(repo_dir.path(), "").await;
     let vc = create_vcenter(&server, "lab", "http://127.0.0.1:9/sdk", "pw").await;
     create_job(
         &server,
@@ -51,10 +52,7 @@ async fn schemathesis_finds_no_server_error() {
                 "--generation-deterministic",
             ])
             .args(["--phases", "examples,coverage,fuzzing"])
-            .args([
-                "--exclude-path-regex",
-                "(/test$|^/api/v1/vms$|/events$|^/api/v1/repository/)",
-            ])
+            .args(["--exclude-path-regex", "(/test$|^/api/v1/vms$|/events$)"])
             .args(["--request-timeout", "20"])
             .env("SCHEMATHESIS_TELEMETRY", "false")
             .output()
