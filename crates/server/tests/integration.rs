@@ -12,6 +12,7 @@ mod integration {
     mod metrics;
     mod protection;
     mod restart;
+    mod restore;
     mod retention;
     mod routes;
     mod schemathesis;
