@@ -95,9 +95,12 @@ pub(crate) async fn get(
     Ok(Json(state.ctx().db.backup_get(backup_id(&id)?).await?))
 }
 
-/// Starts a checksum verify of a backup; follow it as a run.
+/// Starts a full verify of a backup (every chunk decoded and checked, every file's SHA-256, and
+/// the disk sizes against the vCenter it came from); follow it as a run. Corrupt chunks are
+/// quarantined; the verdict of this backup and of every other backup sharing damaged data is
+/// recorded in the catalog (`verify_ok`, `verified_at`, `verify_problems`) and the repository.
 #[utoipa::path(post, path = "/api/v1/backups/{id}/verify", tag = "backups", params(("id" = String, Path)),
-    responses((status = 202, body = Run), (status = 400, body = Problem), (status = 404, body = Problem)), security(("api_key" = [])))]
+    responses((status = 202, body = Run), (status = 400, body = Problem), (status = 404, body = Problem), (status = 507, body = Problem)), security(("api_key" = [])))]
 pub(crate) async fn verify(
     State(state): State<AppState>,
     caller: Caller,
@@ -114,9 +117,12 @@ pub(crate) async fn verify(
     ))
 }
 
-/// Starts a restore of a backup; follow it as a run.
+/// Starts a restore of a backup; follow it as a run. Targets: `directory` (files on the
+/// server), `new_vm` (upload and register in a vCenter), `in_place` (over the original VM,
+/// found by instance UUID; needs `confirm: true`). Every restored file is checked against the
+/// manifest's SHA-256.
 #[utoipa::path(post, path = "/api/v1/backups/{id}/restore", tag = "backups", params(("id" = String, Path)), request_body = RestoreRequest,
-    responses((status = 202, body = Run), (status = 400, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)), security(("api_key" = [])))]
+    responses((status = 202, body = Run), (status = 400, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem), (status = 507, body = Problem)), security(("api_key" = [])))]
 pub(crate) async fn restore(
     State(state): State<AppState>,
     caller: Caller,

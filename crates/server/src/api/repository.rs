@@ -21,7 +21,8 @@ pub struct CatalogSync {
     pub removed: usize,
 }
 
-/// Repository usage (also exported as metrics).
+/// Repository usage (also exported as metrics): restore points, chunks, quarantined chunks,
+/// bytes used, and free/total bytes of its file system.
 #[utoipa::path(get, path = "/api/v1/repository/stats", tag = "repository",
     responses((status = 200, body = RepoStats), (status = 503, body = Problem)), security(("api_key" = [])))]
 pub(crate) async fn stats(
@@ -37,9 +38,11 @@ pub(crate) async fn stats(
     Ok(Json(stats))
 }
 
-/// Starts a garbage collection; follow it as a run.
+/// Starts a garbage collection (mark every chunk a backup references, delete unreferenced
+/// chunks older than the grace period); follow it as a run. Refused while the database cannot
+/// be written.
 #[utoipa::path(post, path = "/api/v1/repository/gc", tag = "repository",
-    responses((status = 202, body = Run), (status = 503, body = Problem)), security(("api_key" = [])))]
+    responses((status = 202, body = Run), (status = 503, body = Problem), (status = 507, body = Problem)), security(("api_key" = [])))]
 pub(crate) async fn gc(
     State(state): State<AppState>,
     caller: Caller,
@@ -58,7 +61,9 @@ pub(crate) async fn gc(
     Ok((StatusCode::ACCEPTED, Json(run)))
 }
 
-/// Rebuilds the catalog from the repository's manifests (disaster recovery of the server, R4).
+/// Rebuilds the catalog from the repository's manifests (disaster recovery of the server, R4):
+/// adds restore points it lacks, removes rows whose manifest is gone (never rows whose manifest
+/// is only unreadable), takes newer verify results.
 #[utoipa::path(post, path = "/api/v1/repository/rebuild-catalog", tag = "repository",
     responses((status = 200, body = CatalogSync), (status = 503, body = Problem)), security(("api_key" = [])))]
 pub(crate) async fn rebuild_catalog(
