@@ -342,6 +342,40 @@ async fn apply_retention(runner: &Runner, run: &Run, job: &Job, vm: &VmSummary) 
     if ctx.db.maintenance().is_some() || job.spec.retention.is_empty() {
         return;
     }
+    let mut request = RetentionRequest {
+        job_id: job.id.clone(),
+        instance_uuid: vm.instance_uuid.clone(),
+        policy: job.spec.retention.clone(),
+        now: ctx.clock.now(),
+        apply: false,
+        force: false,
+    };
+    // Plan first: the write probe (and the deletion) only when something would go.
+    match ctx.backend.retention(request.clone()).await {
+        Ok(preview) if preview.plan.remove.is_empty() || preview.plan.blocked.is_some() => {
+            if let Some(why) = &preview.plan.blocked {
+                runner
+                    .log(
+                        &run.id,
+                        "warn",
+                        format!("retention for VM {} not applied: {why}", vm.name),
+                    )
+                    .await;
+            }
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            runner
+                .log(
+                    &run.id,
+                    "warn",
+                    format!("retention for VM {} failed: {e}", vm.name),
+                )
+                .await;
+            return;
+        }
+    }
     if let Err(e) = ctx.db.probe_writable().await {
         runner
             .log(
@@ -355,14 +389,7 @@ async fn apply_retention(runner: &Runner, run: &Run, job: &Job, vm: &VmSummary) 
             .await;
         return;
     }
-    let request = RetentionRequest {
-        job_id: job.id.clone(),
-        instance_uuid: vm.instance_uuid.clone(),
-        policy: job.spec.retention.clone(),
-        now: ctx.clock.now(),
-        apply: true,
-        force: false,
-    };
+    request.apply = true;
     match ctx.backend.retention(request).await {
         Ok(outcome) => {
             if let Some(why) = &outcome.plan.blocked {
