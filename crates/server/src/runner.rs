@@ -387,8 +387,9 @@ impl Runner {
     /// A progress sink for one operation of a run: every event goes to the live view and the
     /// SSE broadcast; events that carry a message also go, in order, to the persisted run log
     /// (byte counters do not). Await [`LogFeed::finish`] after the operation so that its lines
-    /// precede the run's own.
-    fn progress_sink(&self, run: &RunId) -> (ProgressSink, LogFeed) {
+    /// precede the run's own. With `subject`, every event is attributed to it (a VM's inventory
+    /// name: the engine names the VM by its selector until it has resolved it).
+    fn progress_sink(&self, run: &RunId, subject: Option<String>) -> (ProgressSink, LogFeed) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
         let writer = {
             let this = self.clone();
@@ -407,7 +408,10 @@ impl Runner {
         };
         let this = self.clone();
         let run = run.clone();
-        let sink: ProgressSink = Arc::new(move |p: Progress| {
+        let sink: ProgressSink = Arc::new(move |mut p: Progress| {
+            if let Some(name) = &subject {
+                p.vm.clone_from(name);
+            }
             // The runner logs failures itself, with the VM's result.
             if p.message.is_some() && p.phase != "failed" {
                 let _ = tx.send(p.clone());

@@ -267,7 +267,7 @@ async fn backup_vm(
         mode,
         quiesce: job.spec.quiesce,
     };
-    let (sink, feed) = runner.progress_sink(&run.id);
+    let (sink, feed) = runner.progress_sink(&run.id, Some(p.vm.name.clone()));
     let result = ctx
         .backend
         .backup(p.target.clone(), task, sink, cancel.clone())

@@ -50,7 +50,7 @@ pub(super) async fn verify(
         .log(&run.id, "info", format!("verifying backup {id}"))
         .await;
     let vcenter = runner.vcenter_of_backup(&id).await;
-    let (sink, feed) = runner.progress_sink(&run.id);
+    let (sink, feed) = runner.progress_sink(&run.id, None);
     let result = ctx
         .backend
         .verify(id.clone(), vcenter, sink, cancel.clone())
@@ -142,7 +142,7 @@ pub(super) async fn restore(
     runner
         .log(&run.id, "info", format!("restoring backup {id}"))
         .await;
-    let (sink, feed) = runner.progress_sink(&run.id);
+    let (sink, feed) = runner.progress_sink(&run.id, None);
     let result = ctx
         .backend
         .restore(id, target, vcenter, sink, cancel.clone())
@@ -186,7 +186,7 @@ pub(super) async fn gc(
     runner
         .log(&run.id, "info", "garbage collection started".into())
         .await;
-    let (sink, feed) = runner.progress_sink(&run.id);
+    let (sink, feed) = runner.progress_sink(&run.id, None);
     let result = ctx.backend.gc(sink, cancel.clone()).await;
     feed.finish().await;
     match result {
