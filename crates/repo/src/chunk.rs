@@ -230,14 +230,18 @@ impl ChunkCodec {
         Ok(out)
     }
 
-    /// Compresses `plain` after `out[..start]`; returns false (with `out` truncated to `start`)
-    /// when the result would not be smaller than the input.
+    /// Compresses `plain` after `out[..start]` (`out.len() == start`); returns false, with
+    /// `out` truncated to `start`, when the result would not be smaller than the input.
     fn compress_into(&self, plain: &[u8], out: &mut Vec<u8>, start: usize) -> Result<bool> {
         if self.level == 0 || plain.len() < 64 {
             return Ok(false);
         }
-        // Room for at most plain.len() - 1 bytes: zstd itself reports "does not shrink".
-        out.resize(start + plain.len() - 1, 0);
+        // zstd writes into the spare capacity (no zero-filling 4 MiB per chunk); a result that
+        // does not fit or does not shrink is stored raw.
+        out.truncate(start);
+        out.reserve(plain.len());
+        let mut cursor = std::io::Cursor::new(std::mem::take(out));
+        cursor.set_position(start as u64);
         let level = self.level;
         let result = COMPRESSOR.with(|cell| -> std::io::Result<usize> {
             let mut slot = cell.borrow_mut();
@@ -245,16 +249,17 @@ impl ChunkCodec {
                 *slot = Some((level, zstd::bulk::Compressor::new(level)?));
             }
             match slot.as_mut() {
-                Some((_, c)) => c.compress_to_buffer(plain, &mut out[start..]),
+                Some((_, c)) => c.compress_to_buffer(plain, &mut cursor),
                 None => Err(std::io::Error::other("no compressor")),
             }
         });
+        *out = cursor.into_inner();
         match result {
-            Ok(n) => {
+            Ok(n) if n < plain.len() => {
                 out.truncate(start + n);
                 Ok(true)
             }
-            Err(_) => {
+            Ok(_) | Err(_) => {
                 out.truncate(start);
                 Ok(false)
             }

@@ -1,6 +1,6 @@
 //! Garbage collection: mark every chunk the committed backups reference, sweep the rest — but
 //! never a chunk that a running backup may have just referenced. The algorithm and its safety
-//! argument are in the crate documentation; `docs/adr/0002-gc-safety.md` explains the choice.
+//! argument are in the crate documentation; `docs/adr/0002-gc-safety-time-fence.md` explains the choice.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
