@@ -474,8 +474,8 @@ impl Run<'_> {
 /// run between chunks.
 ///
 /// # Errors
-/// [`Error::Cancelled`], or I/O errors listing the repository. Damage is not an error: it is
-/// in the report.
+/// [`Error::Cancelled`], [`Error::BackupNotFound`] for a requested backup without a manifest,
+/// or I/O errors listing the repository. Damage is not an error: it is in the report.
 pub fn verify(
     repo: &Repository,
     options: &VerifyOptions,
@@ -483,7 +483,15 @@ pub fn verify(
     cancel: &Cancel,
 ) -> Result<VerifyReport> {
     let targets = match &options.backups {
-        Some(ids) => ids.clone(),
+        Some(ids) => {
+            // Asking for a backup that does not exist is a usage error, not damage.
+            for id in ids {
+                if repo.backend().stat(&layout::manifest(id))?.is_none() {
+                    return Err(Error::BackupNotFound(id.to_string()));
+                }
+            }
+            ids.clone()
+        }
         None => repo.list_backups()?.committed,
     };
     let mut run = Run {

@@ -448,3 +448,19 @@ impl Drop for BackupWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn writer_and_readers_can_be_shared_between_threads() {
+        send_sync::<BackupWriter>();
+        send_sync::<Repository>();
+        send_sync::<crate::FileReader>();
+        send_sync::<crate::BackupReader>();
+        send_sync::<FixedIndexWriter>();
+    }
+}

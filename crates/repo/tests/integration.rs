@@ -10,6 +10,7 @@
 )]
 
 mod integration {
+    mod backend_conformance;
     mod common;
     mod crash;
     mod gc;

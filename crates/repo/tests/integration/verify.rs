@@ -310,3 +310,20 @@ fn progress_is_reported_and_cancel_stops() {
     let err = verify(&t.repo, &VerifyOptions::default(), &mut |_| {}, &cancel).unwrap_err();
     assert!(matches!(err, Error::Cancelled));
 }
+
+#[test]
+fn asking_for_a_backup_that_does_not_exist_is_an_error() {
+    let (t, ..) = setup();
+    let missing: BackupId = "vm-1/2020-01-01T000000Z".parse().unwrap();
+    let err = verify(
+        &t.repo,
+        &VerifyOptions {
+            backups: Some(vec![missing]),
+            ..VerifyOptions::default()
+        },
+        &mut |_| {},
+        &Cancel::new(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::BackupNotFound(_)), "{err}");
+}
