@@ -206,6 +206,20 @@ pub fn gc(
 
     // Mark.
     let listing = repo.list_backups()?;
+    if let Some(first) = listing.unrecognized.first() {
+        return Err(Error::GcAborted {
+            reason: format!(
+                "{} unrecognized entr{} under backups/ (first: {first}); they might hold \
+                 references: move them out of the repository",
+                listing.unrecognized.len(),
+                if listing.unrecognized.len() == 1 {
+                    "y"
+                } else {
+                    "ies"
+                }
+            ),
+        });
+    }
     p.phase = GcPhase::Listed;
     progress(&p);
     let mut marked: HashSet<ChunkDigest> = HashSet::new();

@@ -122,9 +122,10 @@ impl BackupReader {
                 }
                 Source::Index(Arc::new(index))
             }
-            FileStorage::Blob { name, digest } => {
-                Source::Blob(Arc::new(self.read_blob(name, digest, file.size_bytes)?))
-            }
+            FileStorage::Blob { name, digest } => Source::Blob(
+                Arc::new(self.read_blob(name, digest, file.size_bytes)?),
+                *digest,
+            ),
         };
         Ok(FileReader {
             repo: self.repo.clone(),
@@ -138,7 +139,7 @@ impl BackupReader {
 #[derive(Debug, Clone)]
 enum Source {
     Index(Arc<FixedIndexReader>),
-    Blob(Arc<Vec<u8>>),
+    Blob(Arc<Vec<u8>>, ChunkDigest),
 }
 
 /// A contiguous part of a file: one chunk of an index-backed file.
@@ -179,12 +180,12 @@ impl FileReader {
     pub fn index(&self) -> Option<&FixedIndexReader> {
         match &self.source {
             Source::Index(i) => Some(i),
-            Source::Blob(_) => None,
+            Source::Blob(..) => None,
         }
     }
 
-    /// The file's chunks in order (one segment for a blob), so that restore can write holes
-    /// for zero chunks and fetch the others in parallel.
+    /// The file's chunks in order (for a blob: one segment carrying the blob's digest), so that
+    /// restore can write holes for zero chunks and fetch the others in parallel.
     #[must_use]
     pub fn segments(&self) -> Vec<Segment> {
         match &self.source {
@@ -195,10 +196,10 @@ impl FileReader {
                     digest: i.digest(pos),
                 })
                 .collect(),
-            Source::Blob(b) => vec![Segment {
+            Source::Blob(b, digest) => vec![Segment {
                 offset: 0,
                 len: b.len() as u64,
-                digest: ChunkDigest::from_bytes([0xff; 32]),
+                digest: *digest,
             }],
         }
     }
@@ -226,7 +227,7 @@ impl FileReader {
         }
         let want = usize::try_from((size - offset).min(buf.len() as u64)).unwrap_or(buf.len());
         match &self.source {
-            Source::Blob(b) => {
+            Source::Blob(b, _) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX);
                 buf[..want].copy_from_slice(&b[start..start + want]);
                 Ok(want)
@@ -268,7 +269,7 @@ impl FileReader {
     ) -> Result<Sha256> {
         let mut hasher = Sha256Hasher::new();
         match &self.source {
-            Source::Blob(b) => {
+            Source::Blob(b, _) => {
                 hasher.update(b);
                 out.write_all(b)
                     .map_err(|e| Error::io("write", self.file.path.clone(), e))?;

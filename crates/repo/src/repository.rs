@@ -106,6 +106,10 @@ pub struct BackupListing {
     pub committed: Vec<BackupId>,
     /// Backup directories without a manifest (being written, or left by a crash).
     pub partial: Vec<BackupId>,
+    /// Entries under `backups/` that are not `<vm-key>/<timestamp>` directories (left by a
+    /// person or another tool). GC refuses to run while there are any: they might hold
+    /// references.
+    pub unrecognized: Vec<String>,
 }
 
 impl Repository {
@@ -404,24 +408,32 @@ impl Repository {
     pub fn list_backups(&self) -> Result<BackupListing> {
         let backend = &self.inner.backend;
         let mut vms = Vec::new();
+        let mut listing = BackupListing::default();
         backend.list(&layout::backups_dir(), false, &mut |e| {
-            if let ListEntry::Prefix(p) = e {
-                vms.push(p.file_name().to_owned());
+            match e {
+                ListEntry::Prefix(p) => vms.push(p.file_name().to_owned()),
+                ListEntry::Object { path, .. } => listing.unrecognized.push(path.to_string()),
             }
             Ok(())
         })?;
-        let mut listing = BackupListing::default();
         for vm in vms {
-            let Ok(vm) = VmKey::new(vm) else { continue };
+            let Ok(vm) = VmKey::new(vm.clone()) else {
+                listing.unrecognized.push(format!("backups/{vm}"));
+                continue;
+            };
             let mut times = Vec::new();
             backend.list(&layout::vm_dir(&vm), false, &mut |e| {
-                if let ListEntry::Prefix(p) = e {
-                    times.push(p.file_name().to_owned());
+                match e {
+                    ListEntry::Prefix(p) => times.push(p.file_name().to_owned()),
+                    ListEntry::Object { path, .. } => {
+                        listing.unrecognized.push(path.to_string());
+                    }
                 }
                 Ok(())
             })?;
             for t in times {
                 let Ok(time) = BackupId::parse_time(&t) else {
+                    listing.unrecognized.push(format!("backups/{vm}/{t}"));
                     continue;
                 };
                 let id = BackupId::new(vm.clone(), time)?;
@@ -443,6 +455,7 @@ impl Repository {
         }
         listing.committed.sort();
         listing.partial.sort();
+        listing.unrecognized.sort();
         Ok(listing)
     }
 

@@ -22,7 +22,7 @@ pub struct FsMeta {
 /// A directory entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsDirEntry {
-    /// The entry's name (UTF-8; other names are skipped: they cannot be ours).
+    /// The entry's name (non-UTF-8 bytes replaced: such a name cannot be ours).
     pub name: String,
     /// Whether it is a directory.
     pub is_dir: bool,
@@ -201,12 +201,10 @@ impl Fs for StdFs {
         let mut out = Vec::new();
         for entry in fs::read_dir(self.full(path))? {
             let entry = entry?;
-            let Ok(name) = entry.file_name().into_string() else {
-                tracing::warn!(dir = %self.full(path).display(), "skipping a non-UTF-8 file name");
-                continue;
-            };
+            // Lossy: a non-UTF-8 name then fails path validation and the listing errors out
+            // instead of silently leaving it out.
             out.push(FsDirEntry {
-                name,
+                name: entry.file_name().to_string_lossy().into_owned(),
                 is_dir: entry.file_type()?.is_dir(),
             });
         }

@@ -152,9 +152,13 @@ impl LocalBackend {
         };
         for entry in entries {
             let rel = dir.join(&entry.name);
+            // A listing is complete or an error: a name we cannot represent is not skipped.
             let Some(path) = rel.to_str().and_then(|s| ObjectPath::new(s).ok()) else {
-                tracing::debug!(path = %rel.display(), "ignoring a foreign file name");
-                continue;
+                return Err(Error::InvalidArgument(format!(
+                    "unexpected file name {:?} in the repository at {}: move it out",
+                    rel.display().to_string(),
+                    self.fs.describe()
+                )));
             };
             if entry.is_dir {
                 if recursive {

@@ -476,3 +476,44 @@ fn trash_left_by_a_killed_gc_is_restored() {
     assert_eq!(chunk_files(&t.root()).len(), 3);
     restore(&t.repo, &a).unwrap();
 }
+
+// covers S-D6: foreign entries under backups/ might hold references; GC refuses to guess.
+#[test]
+fn gc_refuses_to_run_next_to_unrecognized_backup_entries() {
+    let t = TestRepo::new();
+    backup(
+        &t.repo,
+        "vm-1",
+        t0(),
+        &[disk("d", random_bytes(2 * CS as usize, 1))],
+    )
+    .unwrap();
+    let stray = t.root().join("backups/vm-1/copy-of-2026-11-27T033114Z");
+    std::fs::create_dir_all(&stray).unwrap();
+    let err = run_gc(&t.repo).unwrap_err();
+    assert!(matches!(err, Error::GcAborted { .. }), "{err}");
+    assert!(
+        err.to_string().contains("copy-of-2026-11-27T033114Z"),
+        "{err}"
+    );
+    std::fs::remove_dir(&stray).unwrap();
+    run_gc(&t.repo).unwrap();
+}
+
+#[test]
+fn a_foreign_file_name_makes_listings_fail_not_skip() {
+    let t = TestRepo::new();
+    backup(
+        &t.repo,
+        "vm-1",
+        t0(),
+        &[disk("d", random_bytes(CS as usize, 1))],
+    )
+    .unwrap();
+    let odd = t.root().join("chunks/odd name");
+    std::fs::write(&odd, b"?").unwrap();
+    let err = run_gc(&t.repo).unwrap_err();
+    assert!(err.to_string().contains("odd name"), "{err}");
+    std::fs::remove_file(&odd).unwrap();
+    run_gc(&t.repo).unwrap();
+}
