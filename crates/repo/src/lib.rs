@@ -35,15 +35,17 @@
 //! 2. Read the backup locks: stale ones are cleared (their writers will refuse to commit: lease
 //!    lost); `cutoff = min(start, oldest active writer's start) − grace`.
 //! 3. **Mark**: read every manifest and index; collect every referenced digest. If any manifest
-//!    or index cannot be read, abort before deleting anything (fail closed, S-D6).
+//!    or index cannot be read, or `backups/` holds an entry that is not a backup directory,
+//!    abort before deleting anything (fail closed, S-D6).
 //! 4. **Sweep**: list every chunk (a complete listing or an error). A chunk is deleted only if
 //!    it is unmarked *and* its modification time is before `cutoff`, re-checked atomically with
 //!    writers' touches ([`Backend::delete_if_older`]: rename to `.trash`, re-stat, unlink).
 //!    Writers touch every chunk they reuse (dedup hits, references, chunks copied from a parent
 //!    index) after taking their lock, so a chunk a running backup references is never older
 //!    than the cutoff. Immutable files are reported as skipped and the sweep continues (S-D9).
-//! 5. Remove temp files and manifest-less backup directories older than the grace period whose
-//!    writer is gone (S-D7).
+//! 5. Remove temp files and manifest-less backup directories whose writer is gone, once older
+//!    than `max(grace, 1 h)` ([`gc::LEFTOVER_MIN_AGE`]) so that no write in progress is touched
+//!    (S-D7).
 //!
 //! A GC killed at any point leaves either nothing or `.trash` files that the next access or GC
 //! restores; marks are never reused across runs (F4).

@@ -18,7 +18,7 @@ pub enum VerifyMode {
     Full,
 }
 
-/// Options of [`verify`].
+/// Options of [`super::verify`].
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
     /// Quick or full.
@@ -106,7 +106,7 @@ pub struct BackupVerdict {
     pub problems: Vec<BackupProblem>,
 }
 
-/// The result of [`verify`].
+/// The result of [`super::verify`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     /// Nothing damaged.
