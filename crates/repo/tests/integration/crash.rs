@@ -250,6 +250,7 @@ fn power_cut_at_every_sync_of_a_backup_inner() {
     fs.arm(None);
     f9_scenario(&repo, &a).unwrap();
     let (ops, syncs) = fs.counts();
+    eprintln!("F9: power cut at each of {syncs} syncs, process kill at each of {ops} operations");
     assert!(syncs >= 20, "{syncs} syncs");
     let mut outcomes = BTreeSet::new();
     let plans = (1..=syncs)
@@ -319,9 +320,15 @@ fn gc_killed_at_every_operation_inner() {
         let (fs, repo) = crash_repo(&clock);
         let mut data = random_bytes(6 * CS as usize, 1);
         let (a, _) = backup(&repo, "vm-1", t0(), &[disk("d", data.clone())]).unwrap();
-        data[..4].copy_from_slice(b"diff");
-        data[3 * CS as usize..3 * CS as usize + 4].copy_from_slice(b"diff");
+        for pos in [0, 1, 3, 5] {
+            data[pos * CS as usize..pos * CS as usize + 4].copy_from_slice(b"diff");
+        }
         incremental(&repo, &a, t0() + secs(60), &[disk("d", data)]).unwrap();
+        // A writer that died mid-backup: its partial directory and stale lock are GC's too.
+        let w = repo.start_backup(&vm("vm-3"), t0()).unwrap();
+        let m = write_files(&w, &[disk("f", random_bytes(2 * CS as usize, 3))], None).unwrap();
+        drop(m);
+        std::mem::forget(w);
         backup(
             &repo,
             "vm-2",
@@ -330,7 +337,7 @@ fn gc_killed_at_every_operation_inner() {
         )
         .unwrap();
         remove_backup(&repo, &a).unwrap();
-        clock.advance(secs(3600));
+        clock.advance(secs(7200));
         fs.sync_all();
         (clock, fs, repo)
     };
@@ -344,9 +351,12 @@ fn gc_killed_at_every_operation_inner() {
     let (_clock, fs, repo) = setup();
     fs.arm(None);
     let golden = gc(&repo, &GcOptions::default(), &mut |_| {}, &Cancel::new()).unwrap();
-    assert_eq!(golden.chunks_deleted, 2);
+    assert_eq!(golden.chunks_deleted, 6, "{golden:#?}");
+    assert_eq!(golden.partial_backups_removed.len(), 1);
+    assert_eq!(golden.stale_locks_cleared.len(), 1);
     let golden_chunks = chunks(&fs);
     let (ops, _) = fs.counts();
+    eprintln!("F4: GC killed and powered off at each of {ops} operations");
     for k in 1..=ops {
         for kind in [CrashKind::ProcessKill, CrashKind::PowerCut] {
             let (clock, fs, repo) = setup();

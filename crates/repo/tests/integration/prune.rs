@@ -408,6 +408,7 @@ fn prune_killed_inner() {
     assert_eq!(golden.removed.len(), 3);
     assert_eq!(golden_set.len(), 2);
     let (ops, _) = fs.counts();
+    eprintln!("F3: prune killed and powered off at each of {ops} operations");
     assert!(ops > 10, "{ops}");
     for k in 1..=ops {
         for kind in [CrashKind::ProcessKill, CrashKind::PowerCut] {
