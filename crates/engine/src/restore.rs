@@ -212,7 +212,7 @@ async fn restore_file(
     let meter = Meter::new(Phase::Restoring, vm, Some(&file.path), file.size_bytes);
     let written = write_sparse(
         repo,
-        reader,
+        reader.clone(),
         out,
         file.size_bytes,
         workers,
@@ -230,12 +230,7 @@ async fn restore_file(
     };
     if sha256 != file.sha256.to_hex() {
         let _ = std::fs::remove_file(&partial);
-        return Err(Error::DigestMismatch {
-            backup: backup.id().clone(),
-            file: file.path.clone(),
-            expected: file.sha256.to_hex(),
-            actual: sha256,
-        });
+        return Err(mismatch(repo, backup, file, &reader, sha256).await);
     }
     tokio::fs::rename(&partial, dest).await.map_err(|e| {
         Error::io(
@@ -271,6 +266,40 @@ pub(crate) async fn open_file(
         .await
         .map_err(|e| Error::join(&e))??;
     Ok(Arc::new(reader))
+}
+
+/// The error for a restored file whose SHA-256 differs from the manifest: the first chunk that
+/// fails its full check (named, as verify would), or the digest mismatch itself.
+pub(crate) async fn mismatch(
+    repo: &Repository,
+    backup: &BackupReader,
+    file: &ManifestFile,
+    reader: &Arc<FileReader>,
+    actual: String,
+) -> Error {
+    let (repo, reader) = (repo.clone(), reader.clone());
+    let damaged = tokio::task::spawn_blocking(move || {
+        reader
+            .segments()
+            .into_iter()
+            .filter(|s| !s.digest.is_zero())
+            .find_map(|s| {
+                let len = usize::try_from(s.len).unwrap_or(0);
+                repo.read_chunk(&s.digest, len).err()
+            })
+    })
+    .await
+    .ok()
+    .flatten();
+    match damaged {
+        Some(e) => Error::Repo(e),
+        None => Error::DigestMismatch {
+            backup: backup.id().clone(),
+            file: file.path.clone(),
+            expected: file.sha256.to_hex(),
+            actual,
+        },
+    }
 }
 
 /// One piece of a file in order: data at an offset, or a run of zeros.
@@ -310,7 +339,9 @@ pub(crate) fn pieces(
                 }
                 let len = usize::try_from(segment.len).unwrap_or(0);
                 let data =
-                    tokio::task::spawn_blocking(move || repo.read_chunk(&segment.digest, len))
+                    // The file's SHA-256 is compared with the manifest at the end, so each chunk's
+                    // own digest need not be recomputed here (header, CRC and length still are).
+                    tokio::task::spawn_blocking(move || repo.read_chunk_unhashed(&segment.digest, len))
                         .await
                         .map_err(|e| Error::join(&e))??;
                 Ok(Piece::Data(segment.offset, data))

@@ -139,8 +139,26 @@ impl ChunkStore {
     /// # Errors
     /// [`Error::ChunkMissing`], [`Error::ChunkCorrupt`], I/O errors — all naming the digest.
     pub(crate) fn read(&self, digest: &ChunkDigest, len: usize) -> Result<Vec<u8>> {
+        let stored = self.read_stored(digest, len)?;
+        match stored {
+            None => Ok(vec![0; len]),
+            Some(stored) => self.codec.decode(digest, stored, Some(len)),
+        }
+    }
+
+    /// [`ChunkStore::read`] without the content-digest check (see
+    /// [`ChunkCodec::decode_unhashed`]).
+    pub(crate) fn read_unhashed(&self, digest: &ChunkDigest, len: usize) -> Result<Vec<u8>> {
+        match self.read_stored(digest, len)? {
+            None => Ok(vec![0; len]),
+            Some(stored) => self.codec.decode_unhashed(digest, stored, Some(len)),
+        }
+    }
+
+    /// The stored bytes of a chunk; `None` for the zero chunk.
+    fn read_stored(&self, digest: &ChunkDigest, _len: usize) -> Result<Option<Vec<u8>>> {
         if digest.is_zero() {
-            return Ok(vec![0; len]);
+            return Ok(None);
         }
         let stored = self
             .backend
@@ -152,7 +170,7 @@ impl ChunkStore {
         if stored.is_empty() {
             return Err(Error::ChunkMissing { digest: *digest });
         }
-        self.codec.decode(digest, stored, Some(len))
+        Ok(Some(stored))
     }
 
     /// Moves a damaged chunk aside to `<digest>.bad`. Returns false if it was already gone.

@@ -498,6 +498,16 @@ impl Repository {
         self.inner.store.read(digest, len)
     }
 
+    /// [`Repository::read_chunk`] without recomputing the content digest (header, CRC32,
+    /// authentication and length are still checked): for readers that compare a digest over the
+    /// whole file they read, like restore.
+    ///
+    /// # Errors
+    /// As [`Repository::read_chunk`].
+    pub fn read_chunk_unhashed(&self, digest: &ChunkDigest, len: usize) -> Result<Vec<u8>> {
+        self.inner.store.read_unhashed(digest, len)
+    }
+
     /// Whether a usable chunk file exists (without reading it).
     ///
     /// # Errors

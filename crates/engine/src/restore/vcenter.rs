@@ -2,7 +2,7 @@
 //! new name and identity, register) or in place (power off, unregister, overwrite the VM's files,
 //! register again).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -649,7 +649,6 @@ async fn upload(
     cancel: &CancellationToken,
 ) -> Result<RestoredFile> {
     let reader = open_file(backup, file).await?;
-    let hasher = Arc::new(Mutex::new(Sha256Hasher::new()));
     let zeros = Bytes::from(vec![
         0u8;
         reader.index().map_or(0, |i| i.chunk_size() as usize)
@@ -660,10 +659,28 @@ async fn upload(
         Some(&file.path),
         file.size_bytes,
     ));
-    let sent = Arc::new(Mutex::new(Vec::<ProgressEvent>::new()));
-    let (h, m, s, token) = (hasher.clone(), meter.clone(), sent.clone(), cancel.clone());
-    let body =
-        pieces(repo, &reader, workers).map(move |piece| -> std::result::Result<Bytes, Error> {
+    // The file's SHA-256 is computed on its own thread, beside the upload (Bytes clones are
+    // cheap); progress events come back through a channel because the body runs inside the
+    // HTTP client.
+    let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Bytes>(workers.max(1) * 2);
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut hasher = Sha256Hasher::new();
+        while let Some(bytes) = hash_rx.blocking_recv() {
+            hasher.update(&bytes);
+        }
+        hasher.finish().to_hex()
+    });
+    let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel::<ProgressEvent>();
+    let (m, token) = (meter.clone(), cancel.clone());
+    let body = pieces(repo, &reader, workers).then(move |piece| {
+        let (hash_tx, event_tx, m, token, zeros) = (
+            hash_tx.clone(),
+            event_tx.clone(),
+            m.clone(),
+            token.clone(),
+            zeros.clone(),
+        );
+        async move {
             if token.is_cancelled() {
                 return Err(Error::Cancelled);
             }
@@ -671,43 +688,35 @@ async fn upload(
                 Piece::Data(_, d) => Bytes::from(d),
                 Piece::Zeros(n) => zeros.slice(..usize::try_from(n).unwrap_or(0).min(zeros.len())),
             };
-            if let Ok(mut hasher) = h.lock() {
-                hasher.update(&bytes);
-            }
-            // Progress events are collected here (the body runs inside the HTTP client) and
-            // forwarded after the upload; the meter keeps the byte count.
-            let collect = |e: &ProgressEvent| {
-                if let Ok(mut v) = s.lock() {
-                    v.clear();
-                    v.push(e.clone());
-                }
-            };
-            m.add(bytes.len() as u64, &collect);
-            Ok(bytes)
-        });
+            hash_tx
+                .send(bytes.clone())
+                .await
+                .map_err(|_| Error::Internal("the digest thread stopped".into()))?;
+            m.add(bytes.len() as u64, &|e: &ProgressEvent| {
+                let _ = event_tx.send(e.clone());
+            });
+            Ok::<Bytes, Error>(bytes)
+        }
+    });
     progress.event(&ProgressEvent::message(
         Phase::Restoring,
         vm,
         Level::Info,
         format!("uploading {}", dest.path),
     ));
-    client.put(dest, file.size_bytes, body).await?;
-    meter.flush(progress);
-    let sha256 = match Arc::try_unwrap(hasher) {
-        Ok(m) => m
-            .into_inner()
-            .map_err(|_| Error::Internal("hasher poisoned".into()))?
-            .finish()
-            .to_hex(),
-        Err(_) => return Err(Error::Internal("upload body still alive".into())),
+    let put = client.put(dest, file.size_bytes, body);
+    tokio::pin!(put);
+    let uploaded = loop {
+        tokio::select! {
+            r = &mut put => break r,
+            Some(event) = event_rx.recv() => progress.event(&event),
+        }
     };
+    let sha256 = hasher.await.map_err(|e| Error::join(&e))?;
+    uploaded?;
+    meter.flush(progress);
     if sha256 != file.sha256.to_hex() {
-        return Err(Error::DigestMismatch {
-            backup: backup.id().clone(),
-            file: file.path.clone(),
-            expected: file.sha256.to_hex(),
-            actual: sha256,
-        });
+        return Err(super::mismatch(repo, backup, file, &reader, sha256).await);
     }
     Ok(RestoredFile {
         path: dest.path.to_string(),

@@ -278,3 +278,79 @@ async fn restore_in_place_needs_confirmation_and_brings_the_disks_back() {
             .any(|f| f.kind == FileKind::Config)
     );
 }
+
+// S-D5: a restore that meets a damaged chunk fails loudly, naming the chunk, and leaves no file
+// under its final name; a swapped (intact but wrong) chunk is caught by the file digest.
+#[tokio::test]
+async fn restore_of_damaged_data_fails_naming_the_chunk_and_leaves_no_file() {
+    let tb = Testbed::start("default").await.unwrap();
+    let vc = client(&tb).await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let cancel = CancellationToken::new();
+    let report = backup(
+        &vc,
+        &repo,
+        &BackupOptions::new(VmSelector::Name("web01".into())),
+        &NoProgress,
+        &cancel,
+    )
+    .await
+    .unwrap();
+    let disk = report.manifest.disks[0].clone();
+    let segments = repo
+        .open_backup(&report.backup_id)
+        .unwrap()
+        .open_file(&disk.file)
+        .unwrap()
+        .segments();
+    let data: Vec<_> = segments
+        .iter()
+        .filter(|s| !s.digest.is_zero())
+        .map(|s| s.digest.to_hex())
+        .collect();
+    let path = |d: &str| {
+        dir.path()
+            .join("repo/chunks")
+            .join(&d[..2])
+            .join(&d[2..4])
+            .join(d)
+    };
+
+    let mut bytes = std::fs::read(path(&data[0])).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(path(&data[0]), bytes).unwrap();
+    let target = dir.path().join("out");
+    let err = restore_to_dir(
+        &repo,
+        &report.backup_id,
+        &target,
+        &DirOptions::default(),
+        &NoProgress,
+        &cancel,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains(&data[0]), "{err}");
+    assert!(!target.join(&disk.file).exists());
+
+    // Put another intact chunk file in its place: only the whole-file digest can tell.
+    std::fs::copy(path(&data[1]), path(&data[0])).unwrap();
+    let target = dir.path().join("out2");
+    let err = restore_to_dir(
+        &repo,
+        &report.backup_id,
+        &target,
+        &DirOptions::default(),
+        &NoProgress,
+        &cancel,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(&data[0]),
+        "the full check names the swapped chunk: {err}"
+    );
+    assert!(!target.join(&disk.file).exists());
+}
