@@ -3,12 +3,12 @@
 
 pub(crate) mod apikey;
 pub(crate) mod backup;
+pub(crate) mod backups;
+pub(crate) mod gc;
+pub(crate) mod prune;
+pub(crate) mod repo;
 pub(crate) mod restore;
 pub(crate) mod serve;
+pub(crate) mod verify;
 pub(crate) mod version;
 pub(crate) mod vms;
-pub(crate) mod repo;
-pub(crate) mod verify;
-pub(crate) mod prune;
-pub(crate) mod gc;
-pub(crate) mod backups;
