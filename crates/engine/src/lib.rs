@@ -30,7 +30,7 @@ pub use restore::{
 pub use snapshots::{
     RemovePolicy, RunId, SNAPSHOT_PREFIX, SweepReport, snapshot_name, sweep_all, sweep_snapshots,
 };
-pub use verify::{VcenterFinding, VerifyOutcome, verify};
+pub use verify::{VcenterFinding, VerifyOutcome, verify, verify_with};
 
 // Re-exported so that callers (service, CLI) name the same types the engine uses.
 pub use tokio_util::sync::CancellationToken;

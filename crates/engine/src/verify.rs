@@ -51,14 +51,24 @@ pub async fn verify(
     cancel: &CancellationToken,
 ) -> Result<VerifyOutcome> {
     let options = VerifyOptions {
-        mode: if quick {
-            VerifyMode::Quick
-        } else {
-            VerifyMode::Full
-        },
+        mode: if quick { VerifyMode::Quick } else { VerifyMode::Full },
         backups,
         ..VerifyOptions::default()
     };
+    verify_with(repo, options, client, progress, cancel).await
+}
+
+/// [`verify`] with the repository's full set of options (quarantine, threads, …).
+///
+/// # Errors
+/// As [`verify`].
+pub async fn verify_with(
+    repo: &Repository,
+    options: VerifyOptions,
+    client: Option<&Client>,
+    progress: &dyn ProgressSink,
+    cancel: &CancellationToken,
+) -> Result<VerifyOutcome> {
     let repo_for_task = repo.clone();
     let flag = vbm_repo::Cancel::new();
     let flag_for_task = flag.clone();

@@ -100,3 +100,46 @@ impl VcenterArgs {
         }
     }
 }
+
+/// The vCenter flags of commands where vCenter is optional (`restore --to-dir` needs none,
+/// `verify` uses it only to compare disk sizes). clap cannot make a flattened group with
+/// required flags optional, so these are all optional and [`OptionalVcenterArgs::get`] checks
+/// that URL and user come together.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct OptionalVcenterArgs {
+    /// vCenter or ESXi: `https://host[:port][/sdk]`.
+    #[arg(long, value_name = "URL", requires = "user")]
+    pub(crate) vcenter: Option<String>,
+
+    /// vCenter user; the password comes from VCENTER_PASSWORD or a prompt.
+    #[arg(long, value_name = "USER", requires = "vcenter")]
+    pub(crate) user: Option<String>,
+
+    /// Trust exactly the vCenter certificate with this SHA-256 or SHA-1 thumbprint.
+    #[arg(long, value_name = "THUMBPRINT", conflicts_with_all = ["insecure", "ca_file"])]
+    pub(crate) thumbprint: Option<String>,
+
+    /// Accept any vCenter certificate (labs only).
+    #[arg(long, conflicts_with = "ca_file")]
+    pub(crate) insecure: bool,
+
+    /// Trust the CA certificates in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) ca_file: Option<PathBuf>,
+}
+
+impl OptionalVcenterArgs {
+    /// The full connection flags, when `--vcenter` was given.
+    pub(crate) fn get(&self) -> Option<VcenterArgs> {
+        let (Some(vcenter), Some(user)) = (&self.vcenter, &self.user) else {
+            return None;
+        };
+        Some(VcenterArgs {
+            vcenter: vcenter.clone(),
+            user: user.clone(),
+            thumbprint: self.thumbprint.clone(),
+            insecure: self.insecure,
+            ca_file: self.ca_file.clone(),
+        })
+    }
+}

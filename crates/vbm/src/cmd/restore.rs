@@ -10,7 +10,7 @@ use vbm_repo::BackupId;
 use crate::output;
 use crate::progress_ui::TerminalProgress;
 use crate::repo_args::RepoArgs;
-use crate::vcenter_args::VcenterArgs;
+use crate::vcenter_args::OptionalVcenterArgs;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -66,25 +66,8 @@ pub(crate) struct Args {
     #[arg(long)]
     yes_overwrite_vm: bool,
 
-    /// vCenter or ESXi to restore into: `https://host[:port][/sdk]` (not for --to-dir).
-    #[arg(long, value_name = "URL", requires = "user")]
-    vcenter: Option<String>,
-
-    /// vCenter user; the password comes from VCENTER_PASSWORD or a prompt.
-    #[arg(long, value_name = "USER", requires = "vcenter")]
-    user: Option<String>,
-
-    /// Trust exactly the vCenter certificate with this SHA-256 or SHA-1 thumbprint.
-    #[arg(long, value_name = "THUMBPRINT", conflicts_with_all = ["insecure", "ca_file"])]
-    thumbprint: Option<String>,
-
-    /// Accept any vCenter certificate (labs only).
-    #[arg(long, conflicts_with = "ca_file")]
-    insecure: bool,
-
-    /// Trust the CA certificates in this PEM file.
-    #[arg(long, value_name = "PEM")]
-    ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    vcenter: OptionalVcenterArgs,
 
     /// Print the result as JSON.
     #[arg(long)]
@@ -124,17 +107,10 @@ async fn restore(args: &Args) -> anyhow::Result<RestoreReport> {
         };
         vbm_engine::restore_to_dir(&repo, &args.backup, dir, &options, &progress, &cancel).await
     } else {
-        let (Some(url), Some(user)) = (&args.vcenter, &args.user) else {
+        let Some(vcenter) = args.vcenter.get() else {
             bail!(
                 "restore needs --to-dir DIR, or --vcenter URL --user USER with --name NEW --datastore DS (or --in-place)"
             );
-        };
-        let vcenter = VcenterArgs {
-            vcenter: url.clone(),
-            user: user.clone(),
-            thumbprint: args.thumbprint.clone(),
-            insecure: args.insecure,
-            ca_file: args.ca_file.clone(),
         };
         let client = vcenter.connect().await?;
         let result = if args.in_place {

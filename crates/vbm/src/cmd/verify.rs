@@ -1,13 +1,17 @@
 //! `vbm verify`: prove backups restore. Exit 0 when everything is intact, 3 when damage was
-//! found (listed precisely), 1 when verify itself could not run.
+//! found (listed precisely), 1 when verify itself could not run. With vCenter flags it also
+//! checks that each backed-up disk still has the capacity vCenter reports (specification 2.3).
 
 use std::process::ExitCode;
 
-use vbm_repo::verify::{VerifyMode, VerifyOptions, verify};
-use vbm_repo::{BackupId, Cancel};
+use vbm_engine::CancellationToken;
+use vbm_repo::BackupId;
+use vbm_repo::verify::{VerifyMode, VerifyOptions};
 
 use crate::output;
+use crate::progress_ui::TerminalProgress;
 use crate::repo_args::RepoArgs;
+use crate::vcenter_args::OptionalVcenterArgs;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -27,9 +31,13 @@ pub(crate) struct Args {
     #[arg(long)]
     no_quarantine: bool,
 
-    /// Print the report as JSON (`ok`, damaged backups, files and chunks).
+    /// Print the report as JSON (`ok`, damaged backups, files and chunks, and the vCenter
+    /// findings).
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    vcenter: OptionalVcenterArgs,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -44,9 +52,35 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         quarantine: !args.no_quarantine,
         ..VerifyOptions::default()
     };
-    let report = verify(&repo, &options, &mut |_| {}, &Cancel::new())?;
+    let runtime = crate::runtime()?;
+    let outcome = runtime.block_on(async {
+        let client = match args.vcenter.get() {
+            Some(vcenter) => Some(vcenter.connect().await?),
+            None => None,
+        };
+        let progress = TerminalProgress::new(args.json);
+        let cancel = CancellationToken::new();
+        let stop = crate::cancel_on_signals(cancel.clone());
+        let outcome =
+            vbm_engine::verify_with(&repo, options, client.as_ref(), &progress, &cancel).await;
+        stop.abort();
+        progress.finish();
+        if let Some(client) = client
+            && let Err(e) = client.logout().await
+        {
+            tracing::warn!(error = %e, "logout failed");
+        }
+        anyhow::Ok(outcome?)
+    })?;
+    let report = &outcome.repository;
     if args.json {
-        output::json(&report)?;
+        // The repository's report, with the overall verdict and the vCenter findings added.
+        let mut json = serde_json::to_value(report)?;
+        if let Some(object) = json.as_object_mut() {
+            object.insert("ok".into(), outcome.ok.into());
+            object.insert("vcenter".into(), serde_json::to_value(&outcome.vcenter)?);
+        }
+        output::json(&json)?;
     } else {
         for b in &report.backups {
             if b.ok {
@@ -71,6 +105,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
                 c.referenced_by.len()
             ))?;
         }
+        for f in &outcome.vcenter {
+            let tag = if f.failure { "MISMATCH" } else { "note    " };
+            output::line(&format!("{tag} {}: {}", f.backup, f.message))?;
+        }
         let damaged = report.damaged().count();
         output::line(&format!(
             "{} backup(s) verified ({}), {} chunk(s), {} checked: {}",
@@ -78,14 +116,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             if args.quick { "quick" } else { "full" },
             report.chunks_checked,
             output::bytes(report.bytes_checked),
-            if report.ok {
+            if outcome.ok {
                 "all OK".to_owned()
+            } else if report.ok {
+                "the repository is intact, but vCenter disagrees".to_owned()
             } else {
                 format!("{damaged} damaged")
             }
         ))?;
     }
-    Ok(if report.ok {
+    Ok(if outcome.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
@@ -104,6 +144,13 @@ mod tests {
             quick,
             no_quarantine: false,
             json: true,
+            vcenter: OptionalVcenterArgs {
+                vcenter: None,
+                user: None,
+                thumbprint: None,
+                insecure: false,
+                ca_file: None,
+            },
         }
     }
 

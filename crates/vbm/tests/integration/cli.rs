@@ -85,3 +85,44 @@ async fn wrong_password_or_thumbprint_fail_with_a_message_that_says_which() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"));
 }
+
+// Specification 2.3: verify compares each disk's size with what vCenter reports now.
+#[tokio::test]
+async fn verify_with_vcenter_flags_reports_a_disk_resized_since_the_backup() {
+    let env = Env::new("default").await;
+    stdout_json(&env.run(&env.backup_args("db01")));
+    let mut verify: Vec<String> = vec![
+        "verify".into(),
+        "--repo".into(),
+        env.repo.display().to_string(),
+        "--json".into(),
+    ];
+    verify.extend(env.vcenter_args());
+    let clean = stdout_json(&env.run(&verify));
+    assert_eq!(clean["ok"], true, "{clean}");
+
+    let info = env.tb.control().info().await.unwrap();
+    let disk = &info.vm("db01").unwrap().disks[0];
+    env.tb
+        .control()
+        .resize("db01", disk.key, disk.capacity_bytes + (1 << 20))
+        .await
+        .unwrap();
+    let output = env.run(&verify);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "a size mismatch is a verification failure"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let findings = report["vcenter"].as_array().unwrap();
+    assert!(
+        findings.iter().any(|f| f["failure"] == true
+            && f["message"]
+                .as_str()
+                .unwrap()
+                .contains("vCenter now reports")),
+        "{report}"
+    );
+}
