@@ -29,6 +29,10 @@ use vbm_engine::{
 };
 use vbm_testkit::{Testbed, TestbedOptions};
 
+/// The same allocator as the `vbm` binary (ADR 32).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const MIB: f64 = 1024.0 * 1024.0;
 const CHUNK: usize = 4 << 20;
 
@@ -82,7 +86,13 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Flushes dirty pages so that one measurement does not pay for the previous one's writes.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
 fn run(cmd: &mut Command) -> f64 {
+    settle();
     let t = Instant::now();
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -182,6 +192,7 @@ async fn main() {
     let cancel = CancellationToken::new();
     let mut options = BackupOptions::new(VmSelector::Name("bench".into()));
     options.mode = ModeRequest::Incremental;
+    settle();
     let t = Instant::now();
     let full = vbm_engine::backup(&client, &repo, &options, &NoProgress, &cancel)
         .await
@@ -237,6 +248,7 @@ async fn main() {
     }
     let changed = touched * 65536;
     options.run_id = RunId::new();
+    settle();
     let t = Instant::now();
     let incr = vbm_engine::backup(&client, &repo, &options, &NoProgress, &cancel)
         .await
@@ -290,41 +302,45 @@ async fn main() {
     }
 
     // 3. Restore into vCenter as a new VM (PUT of every byte) next to a raw curl upload.
-    let t_curl_put = {
+    // Uploads land on the same virtual disk as everything else, so writeback of earlier steps
+    // disturbs them: alternate curl and vbm twice and keep the best of each.
+    let datastore_dir = args.work.join("datastores").join("ds1");
+    let mut t_curl_put = f64::MAX;
+    let mut t_restore = f64::MAX;
+    for round in 0..2 {
         let dest = DatastoreFile::new(
             "DC0",
-            DatastorePath::new("ds1", "curl-upload/upload-flat.vmdk"),
+            DatastorePath::new("ds1", format!("curl-upload-{round}/upload-flat.vmdk")),
         );
-        client
-            .make_directory(&DatastorePath::new("ds1", "curl-upload"), None, true)
-            .await
-            .ok();
-        run(Command::new("curl")
+        t_curl_put = t_curl_put.min(run(Command::new("curl")
             .args(["-sSfk", "-u", &auth, "-T"])
             .arg(&args.image)
-            .arg(dest.url(&origin)))
-    };
-    let target = VcenterTarget {
-        name: "bench-restored".into(),
-        datastore: "ds1".into(),
-        folder: None,
-        resource_pool: None,
-        host: None,
-        power_on: false,
-    };
-    let t = Instant::now();
-    vbm_engine::restore_to_vcenter(
-        &client,
-        &repo,
-        &incr.backup_id,
-        &target,
-        2,
-        &NoProgress,
-        &cancel,
-    )
-    .await
-    .unwrap();
-    let t_restore = secs(t);
+            .arg(dest.url(&origin))));
+        let _ = std::fs::remove_dir_all(datastore_dir.join(format!("curl-upload-{round}")));
+        let target = VcenterTarget {
+            name: format!("bench-restored-{round}"),
+            datastore: "ds1".into(),
+            folder: None,
+            resource_pool: None,
+            host: None,
+            power_on: false,
+        };
+        settle();
+        let t = Instant::now();
+        vbm_engine::restore_to_vcenter(
+            &client,
+            &repo,
+            &incr.backup_id,
+            &target,
+            2,
+            &NoProgress,
+            &cancel,
+        )
+        .await
+        .unwrap();
+        t_restore = t_restore.min(secs(t));
+        let _ = std::fs::remove_dir_all(datastore_dir.join(format!("bench-restored-{round}")));
+    }
 
     println!("| measure | value |\n|---|---|");
     println!(
@@ -373,12 +389,12 @@ async fn main() {
         (repo_incr.saturating_sub(repo_full)) as f64 / MIB
     );
     println!(
-        "| raw curl PUT of the same size | {:.1} s, {:.0} MiB/s |",
+        "| raw curl PUT of the same size (best of 2) | {:.1} s, {:.0} MiB/s |",
         t_curl_put,
         size as f64 / t_curl_put / MIB
     );
     println!(
-        "| **restore to vCenter** (new VM, PUT) | {:.1} s, {:.0} MiB/s |",
+        "| **restore to vCenter** (new VM, PUT; best of 2) | {:.1} s, {:.0} MiB/s |",
         t_restore,
         size as f64 / t_restore / MIB
     );

@@ -14,6 +14,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Backup and restore move multi-MiB buffers through many threads; glibc's malloc returns such
+/// blocks to the kernel on every free and faults them in again (ADR 32).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// vSphere Backup Manager: CBT-incremental, deduplicated, verifiable backups of vSphere VMs.
 #[derive(Debug, Parser)]
 #[command(name = "vbm", version, about, long_about = None, propagate_version = true)]
