@@ -51,7 +51,11 @@ pub async fn verify(
     cancel: &CancellationToken,
 ) -> Result<VerifyOutcome> {
     let options = VerifyOptions {
-        mode: if quick { VerifyMode::Quick } else { VerifyMode::Full },
+        mode: if quick {
+            VerifyMode::Quick
+        } else {
+            VerifyMode::Full
+        },
         backups,
         ..VerifyOptions::default()
     };
