@@ -115,6 +115,11 @@ pub struct HttpConfig {
     pub body_limit_bytes: usize,
     /// Time allowed to produce a response (default 60 s; SSE streams are exempt once started).
     pub request_timeout_secs: u64,
+    /// Time a client has to send a request's headers once it has connected or finished its
+    /// previous request (default 30 s): closes slowloris and idle keep-alive connections (I2).
+    pub header_timeout_secs: u64,
+    /// Connections served at once (default 1024); further clients wait in the listen queue.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -122,6 +127,8 @@ impl Default for HttpConfig {
         Self {
             body_limit_bytes: 1024 * 1024,
             request_timeout_secs: 60,
+            header_timeout_secs: 30,
+            max_connections: 1024,
         }
     }
 }
@@ -237,6 +244,21 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit_bytes) {
             return Err(Error::Invalid(
                 "http.body_limit_bytes must be between 1 KiB and 64 MiB".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.http.request_timeout_secs) {
+            return Err(Error::Invalid(
+                "http.request_timeout_secs must be between 1 and 3600".into(),
+            ));
+        }
+        if !(1..=300).contains(&self.http.header_timeout_secs) {
+            return Err(Error::Invalid(
+                "http.header_timeout_secs must be between 1 and 300".into(),
+            ));
+        }
+        if !(8..=65536).contains(&self.http.max_connections) {
+            return Err(Error::Invalid(
+                "http.max_connections must be between 8 and 65536".into(),
             ));
         }
         if !self.gc.cron.is_empty() {

@@ -389,21 +389,87 @@ pub async fn serve(
             )));
         }
     }
+    let http = &state.config().http;
+    let limits = (
+        Duration::from_secs(http.header_timeout_secs),
+        http.max_connections,
+    );
     let app = router(state.clone());
     let stop_http = stop.clone();
-    let signal = async move {
+    let served = serve_http(listener, app, limits, async move {
         shutdown.await;
         tracing::info!("shutting down: cancelling active runs");
         stop_http.cancel();
-    };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await;
+    })
+    .await;
     stop.cancel();
     for task in background {
         let _ = task.await;
     }
     served
+}
+
+/// Accepts HTTP/1.1 connections until `shutdown` completes, then lets open requests finish.
+///
+/// `axum::serve` sets no timer, so hyper's header-read timeout never fires and a client that
+/// trickles its headers (slowloris) holds a connection forever; this loop gives every connection
+/// a deadline for its headers and caps the connections served at once (I2). Body reads are
+/// bounded by the router's body timeout.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    (header_timeout, max_connections): (Duration, usize),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: keep serving the
+                    // connections we have and try again shortly rather than dying.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection closed with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Open requests finish (runs were cancelled, so their event streams end); a client that
+    // holds a connection open longer does not keep the process alive.
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open 30 s after shutdown began: closing them");
+    }
+    Ok(())
 }
 
 /// A multi-threaded runtime for `vbm serve` (the binary does not depend on tokio's features).

@@ -17,5 +17,6 @@ mod integration {
     mod routes;
     mod schemathesis;
     mod secrets;
+    mod slow_clients;
     mod vcenters;
 }
