@@ -199,8 +199,7 @@ impl Client {
                         return Ok(response);
                     }
                     let retry_after = soap::retry_after(response.headers());
-                    let message = response
-                        .text()
+                    let message = soap::read_capped(response, 64 << 10)
                         .await
                         .map(|t| t.chars().take(200).collect())
                         .unwrap_or_default();

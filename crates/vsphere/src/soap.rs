@@ -318,6 +318,39 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .map(Duration::from_secs)
 }
 
+/// The largest SOAP response vbm reads (a page of RetrievePropertiesEx is a few MiB): a broken
+/// or hostile endpoint cannot make vbm buffer without bound.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// Why [`read_capped`] gave up.
+#[derive(Debug)]
+pub(crate) enum Capped {
+    /// The body is larger than the cap (the cap).
+    TooLarge(usize),
+    /// Reading failed.
+    Http(reqwest::Error),
+}
+
+/// Reads a response body as text (invalid UTF-8 replaced), refusing bodies over `limit` bytes
+/// before buffering them.
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> std::result::Result<String, Capped> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Capped::TooLarge(limit));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Capped::Http)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Capped::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8(body)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
 /// The production transport: HTTPS POST to `/sdk` with the session cookie.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpTransport {
@@ -350,10 +383,15 @@ impl Transport for HttpTransport {
             }
             let status = response.status().as_u16();
             let retry_after = retry_after(response.headers());
-            let body = response
-                .text()
+            let body = read_capped(response, MAX_RESPONSE_BYTES)
                 .await
-                .map_err(|e| http.map_error(&e, &request.method, request.timeout))?;
+                .map_err(|e| match e {
+                    Capped::TooLarge(n) => Error::Xml(format!(
+                        "the response to {} is larger than {n} bytes; vbm refuses it",
+                        request.method
+                    )),
+                    Capped::Http(e) => http.map_error(&e, &request.method, request.timeout),
+                })?;
             Ok(SoapResponse {
                 status,
                 body,
@@ -366,6 +404,48 @@ impl Transport for HttpTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Serves one HTTP response with `body_len` bytes of `x` (with or without Content-Length).
+    async fn serve_once(body_len: usize, content_length: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/sdk", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let head = if content_length {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {body_len}\r\n\r\n")
+            } else {
+                "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned()
+            };
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(&vec![b'x'; body_len]).await;
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn oversized_responses_are_refused_before_they_are_buffered() {
+        for content_length in [true, false] {
+            let tls = crate::tls::client_config(
+                &crate::tls::Trust::Insecure,
+                &crate::tls::TlsFailure::default(),
+            )
+            .unwrap();
+            let client = reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .build()
+                .unwrap();
+            let url = serve_once(3000, content_length).await;
+            let response = client.get(&url).send().await.unwrap();
+            let err = read_capped(response, 2048).await.unwrap_err();
+            assert!(matches!(err, Capped::TooLarge(2048)), "{err:?}");
+            let url = serve_once(2000, content_length).await;
+            let response = client.get(&url).send().await.unwrap();
+            assert_eq!(read_capped(response, 2048).await.unwrap().len(), 2000);
+        }
+    }
     use crate::fault::FaultKind;
 
     fn resp(status: u16, body: &str) -> SoapResponse {
