@@ -16,6 +16,7 @@ package main
 
 import (
 	"context"
+	cryptorand "crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -175,6 +176,7 @@ type startupInfo struct {
 	Password         string  `json:"password"`
 	DataDir          string  `json:"data_dir"`
 	CertPEM          string  `json:"cert_pem"`
+	InstanceUUID     string  `json:"instance_uuid"`
 }
 
 type server struct {
@@ -215,6 +217,15 @@ func start(spec *Spec, dataDir, user, password, listen, plainListen string) (*se
 	model.Autostart = false
 	if err := model.Create(); err != nil {
 		return nil, err
+	}
+	// vcsim gives every instance the same vCenter instance UUID; a real vCenter has its own, and
+	// vbm tells vCenters apart by it.
+	instanceUUID, err := randomUUID()
+	if err != nil {
+		return nil, err
+	}
+	if si, ok := simulator.Map.Get(vim25.ServiceInstance).(*simulator.ServiceInstance); ok {
+		si.Content.About.InstanceUuid = instanceUUID
 	}
 
 	tb := newTestbed(spec, dataDir, user, password)
@@ -268,8 +279,20 @@ func start(spec *Spec, dataDir, user, password, listen, plainListen string) (*se
 		Password:         password,
 		DataDir:          dataDir,
 		CertPEM:          string(certPEM),
+		InstanceUUID:     instanceUUID,
 	}
 	return srv, nil
+}
+
+// randomUUID returns a random (version 4) UUID.
+func randomUUID() (string, error) {
+	b := make([]byte, 16)
+	if _, err := cryptorand.Read(b); err != nil {
+		return "", err
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
 }
 
 // newServer starts vcsim's HTTPS server; it panics when it cannot listen, which becomes an error.

@@ -638,6 +638,7 @@ impl Ctx<'_> {
             started,
             finished: started,
             vcenter: self.options.vcenter.clone(),
+            vcenter_uuid: self.vcenter_uuid(),
             snapshot: snapshot_name.to_owned(),
             mode: if any_incremental {
                 BackupMode::Incremental
@@ -715,12 +716,31 @@ impl Ctx<'_> {
         Ok((None, areas))
     }
 
+    /// The instance UUID of the vCenter this backup reads from (none for ESXi).
+    fn vcenter_uuid(&self) -> Option<String> {
+        self.client
+            .service_content()
+            .ok()
+            .map(|c| c.about.instance_uuid)
+            .filter(|u| !u.is_empty())
+    }
+
     /// The parent's index and changeId for an incremental read of `disk`, or why there is none.
     async fn incremental_base(
         &self,
         disk: &VirtualDisk,
         parent: &Parent,
     ) -> std::result::Result<(Arc<FixedIndexReader>, ChangeId), String> {
+        // The same instance UUID in two vCenters (a replicated or re-registered VM) is not the
+        // same disk: its changeIds say nothing about the other's data.
+        if let (Some(then), Some(now)) = (&parent.manifest.vcenter_uuid, self.vcenter_uuid())
+            && !then.eq_ignore_ascii_case(&now)
+        {
+            return Err(format!(
+                "the last backup ({}) was read through another vCenter ({} {then}, now {now})",
+                parent.id, parent.manifest.vcenter
+            ));
+        }
         let Some(prev) = parent
             .manifest
             .disks

@@ -322,6 +322,7 @@ fn ingest(
         started: jiff::Timestamp::now(),
         finished: jiff::Timestamp::now(),
         vcenter: "-".into(),
+        vcenter_uuid: None,
         snapshot: "-".into(),
         mode: BackupMode::Full,
         parent: None,

@@ -122,6 +122,10 @@ pub struct Manifest {
     pub finished: Timestamp,
     /// The vCenter it came from.
     pub vcenter: String,
+    /// That vCenter's instance UUID (`ServiceContent.about.instanceUuid`; absent for ESXi): an
+    /// incremental never builds on a backup taken through another vCenter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcenter_uuid: Option<String>,
     /// The snapshot it was read from.
     pub snapshot: String,
     /// Full or incremental.
@@ -286,6 +290,7 @@ pub(crate) mod tests {
             started: id.time(),
             finished: id.time(),
             vcenter: "vcsa.example.org".into(),
+            vcenter_uuid: None,
             snapshot: "vbm-1".into(),
             mode: BackupMode::Full,
             parent: None,

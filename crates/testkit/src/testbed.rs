@@ -59,6 +59,7 @@ struct ReadyLine {
     password: String,
     data_dir: PathBuf,
     cert_pem: String,
+    instance_uuid: String,
 }
 
 /// A running testbed (govmomi's vcsim, extended). Dropping it kills the process.
@@ -78,6 +79,9 @@ pub struct Testbed {
     pub thumbprint_sha1: String,
     /// The certificate in PEM form (for CA-bundle trust tests).
     pub cert_pem: String,
+    /// The simulated vCenter's instance UUID (`ServiceContent.about.instanceUuid`), random per
+    /// start.
+    pub instance_uuid: String,
     /// Directory holding one subdirectory per datastore.
     pub data_dir: PathBuf,
     control: Control,
@@ -166,6 +170,7 @@ impl Testbed {
             thumbprint_sha256: ready.thumbprint_sha256,
             thumbprint_sha1: ready.thumbprint_sha1,
             cert_pem: ready.cert_pem,
+            instance_uuid: ready.instance_uuid,
             data_dir: ready.data_dir,
             control,
             _stdin: stdin,

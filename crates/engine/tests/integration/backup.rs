@@ -183,3 +183,69 @@ async fn incremental_request_on_a_vm_without_cbt_enables_it_and_starts_with_a_fu
     );
     assert_eq!(second.manifest.chunks_new, 0, "and nothing new is stored");
 }
+
+/// Two vCenters that both hold a VM with the same instance UUID (a replicated or re-registered
+/// VM) share its repository key; an incremental never builds on the other vCenter's backup.
+#[tokio::test]
+async fn an_incremental_never_builds_on_a_backup_from_another_vcenter() {
+    let (tb_a, tb_b) = (
+        Testbed::start("default").await.unwrap(),
+        Testbed::start("default").await.unwrap(),
+    );
+    assert_ne!(tb_a.instance_uuid, tb_b.instance_uuid);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let options = BackupOptions::new(VmSelector::Name("app01".into()));
+    let cancel = CancellationToken::new();
+
+    let vc_a = client(&tb_a).await;
+    let first = backup(&vc_a, &repo, &options, &vbm_engine::NoProgress, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.manifest.vcenter_uuid.as_deref(),
+        Some(tb_a.instance_uuid.as_str())
+    );
+
+    let vc_b = client(&tb_b).await;
+    let second = backup(
+        &vc_b,
+        &repo,
+        &BackupOptions {
+            run_id: vbm_engine::RunId::new(),
+            ..options
+        },
+        &vbm_engine::NoProgress,
+        &cancel,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        second.backup_id.vm(),
+        first.backup_id.vm(),
+        "same repository key"
+    );
+    assert_eq!(second.mode, BackupMode::Full);
+    assert!(
+        second
+            .warnings
+            .iter()
+            .any(|w| w.contains("another vCenter")),
+        "{:?}",
+        second.warnings
+    );
+    for d in &tb_b
+        .control()
+        .info()
+        .await
+        .unwrap()
+        .vm("app01")
+        .unwrap()
+        .disks
+    {
+        assert_eq!(
+            restored_sha256(&repo, &second.backup_id, disk_file(&second.manifest, d.key)),
+            tb_b.control().disk_sha256("app01", d.key).await.unwrap()
+        );
+    }
+}

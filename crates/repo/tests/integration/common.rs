@@ -305,6 +305,7 @@ pub(crate) fn write_files(
         started: w.id().time(),
         finished: w.id().time(),
         vcenter: "vcsa.test".into(),
+        vcenter_uuid: None,
         snapshot: "vbm-test".into(),
         mode: if parent.is_some() {
             BackupMode::Incremental

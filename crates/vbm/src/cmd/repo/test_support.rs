@@ -65,6 +65,7 @@ pub(crate) fn repo_with_backups(dir: &Path, n: u64) -> (Repository, Vec<BackupId
             started: at,
             finished: at,
             vcenter: "vc".into(),
+            vcenter_uuid: None,
             snapshot: "vbm-1".into(),
             mode: BackupMode::Full,
             parent: None,
