@@ -4,7 +4,9 @@
 //! measured in the same run (raw `curl` download/upload of the same file, the repository codec's
 //! 2-core ceiling) and next to restic and borg on the same data.
 //!
-//! Run it through `bench/engine.sh` (which builds the image and installs the peers).
+//! Run it through `bench/engine.sh` (which builds the image and installs the peers); flags:
+//! `--no-peers` (skip restic and borg), `--level N` (zstd level of the repository; default: the
+//! repository default), `--change F` (share of chunks touched on day 2).
 
 #![allow(
     clippy::print_stdout,
@@ -41,6 +43,7 @@ struct Args {
     work: PathBuf,
     change: f64,
     peers: bool,
+    level: Option<i32>,
 }
 
 fn args() -> Args {
@@ -48,6 +51,7 @@ fn args() -> Args {
     let mut work = std::env::temp_dir().join("vbm-engine-bench");
     let mut change = 0.02;
     let mut peers = true;
+    let mut level = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -55,6 +59,7 @@ fn args() -> Args {
             "--work" => work = it.next().map(PathBuf::from).unwrap(),
             "--change" => change = it.next().unwrap().parse().unwrap(),
             "--no-peers" => peers = false,
+            "--level" => level = it.next().map(|l| l.parse().unwrap()),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -63,6 +68,7 @@ fn args() -> Args {
         work,
         change,
         peers,
+        level,
     }
 }
 
@@ -182,7 +188,11 @@ async fn main() {
     let t_curl_get =
         run(Command::new("curl").args(["-sSfk", "-u", &auth, "-o", "/dev/null", &url]));
     let repo_dir = args.work.join("repo");
-    let repo = Repository::init_local(&repo_dir, &InitOptions::default()).unwrap();
+    let mut init = InitOptions::default();
+    if let Some(level) = args.level {
+        init.compression_level = level;
+    }
+    let repo = Repository::init_local(&repo_dir, &init).unwrap();
     let level = repo.config().compression_level;
     let ceiling = codec_ceiling(&args.image, level, 2);
     let curl_rate = size as f64 / t_curl_get;
