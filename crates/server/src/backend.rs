@@ -88,6 +88,18 @@ pub struct VmSummary {
     pub capacity_bytes: u64,
     /// Whether CBT is on.
     pub cbt_enabled: bool,
+    /// Its `vbm-*` snapshots: a backup in progress, or one a crash or an unreachable vCenter
+    /// left behind (the snapshot sweep removes those of finished runs).
+    pub vbm_snapshots: Vec<VbmSnapshot>,
+}
+
+/// A `vbm-*` snapshot on a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VbmSnapshot {
+    /// `vbm-<run id>`.
+    pub name: String,
+    /// When it was taken (RFC 3339), as vCenter reports it.
+    pub created: Option<String>,
 }
 
 impl Default for InstanceUuid {

@@ -53,6 +53,25 @@ pub struct Config {
     pub http: HttpConfig,
     /// Garbage collection schedule.
     pub gc: GcConfig,
+    /// The sweep of leftover `vbm-*` snapshots.
+    pub snapshots: SnapshotsConfig,
+}
+
+/// `[snapshots]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotsConfig {
+    /// Seconds between two sweeps of every vCenter for `vbm-*` snapshots that finished runs
+    /// left behind (default 3600; 0 = never; the first sweep runs this long after start).
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for SnapshotsConfig {
+    fn default() -> Self {
+        Self {
+            sweep_interval_secs: 3600,
+        }
+    }
 }
 
 /// `[log]`.
@@ -259,6 +278,12 @@ impl Config {
         if !(8..=65536).contains(&self.http.max_connections) {
             return Err(Error::Invalid(
                 "http.max_connections must be between 8 and 65536".into(),
+            ));
+        }
+        if self.snapshots.sweep_interval_secs > 7 * 24 * 3600 {
+            return Err(Error::Invalid(
+                "snapshots.sweep_interval_secs must be between 0 (never) and 604800 (a week)"
+                    .into(),
             ));
         }
         if !self.gc.cron.is_empty() {

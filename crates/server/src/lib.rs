@@ -381,6 +381,10 @@ pub async fn serve(
         )));
         background.push(tokio::spawn(state.runner().clone().run(stop.clone())));
         background.push(tokio::spawn(gc_loop(state.clone(), stop.clone())));
+        background.push(tokio::spawn(state.runner().clone().snapshot_sweeper(
+            Duration::from_secs(state.config().snapshots.sweep_interval_secs),
+            stop.clone(),
+        )));
         if let Some(dir) = state.ctx().db.path().parent() {
             background.push(tokio::spawn(db_backup_loop(
                 state.clone(),

@@ -37,6 +37,7 @@ pub struct Metrics {
     repo_free: Gauge,
     running_jobs: Gauge,
     running_backups: Gauge,
+    leftover_snapshots: Gauge,
 }
 
 impl Default for Metrics {
@@ -63,6 +64,7 @@ impl Metrics {
             repo_free: Gauge::default(),
             running_jobs: Gauge::default(),
             running_backups: Gauge::default(),
+            leftover_snapshots: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,6 +119,11 @@ impl Metrics {
             "VM backups in progress",
             m.running_backups.clone(),
         );
+        registry.register(
+            "vbm_leftover_snapshots",
+            "vbm-* snapshots the last sweep found on VMs and could not remove or does not own",
+            m.leftover_snapshots.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -169,6 +176,12 @@ impl Metrics {
     /// A run started (+1) or ended (-1).
     pub fn running_jobs(&self, delta: i64) {
         self.running_jobs.inc_by(delta);
+    }
+
+    /// `vbm-*` snapshots left after the last snapshot sweep.
+    pub fn set_leftover_snapshots(&self, count: u64) {
+        self.leftover_snapshots
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// A VM backup started (+1) or ended (-1).

@@ -8,6 +8,7 @@
 //! `cancelled`; the engine removes their snapshots before returning.
 
 mod backup;
+mod janitor;
 pub mod limits;
 mod operations;
 mod recovery;

@@ -18,5 +18,6 @@ mod integration {
     mod schemathesis;
     mod secrets;
     mod slow_clients;
+    mod snapshot_sweep;
     mod vcenters;
 }

@@ -23,7 +23,7 @@ use vbm_engine::{BackupOptions, ModeRequest, VmSelector};
 use super::{
     Backend, BackendError, BackupOutcome, BackupTask, CatalogListing, ConnectionInfo, GcOutcome,
     ProgressSink, RepoStats, RestoreOutcome, RestoreTarget, RetentionOutcome, RetentionRequest,
-    VerifyOutcome, VmSummary,
+    VbmSnapshot, VerifyOutcome, VmSummary,
 };
 use crate::ids::{BackupId, InstanceUuid};
 use crate::jobs::BackupMode;
@@ -300,6 +300,15 @@ impl Backend for EngineBackend {
                         power_state: vm.power_state.as_str().to_owned(),
                         capacity_bytes: vm.disks.iter().map(|d| d.capacity_bytes).sum(),
                         cbt_enabled: vm.cbt_enabled,
+                        vbm_snapshots: vm
+                            .flat_snapshots()
+                            .into_iter()
+                            .filter(|s| s.name.starts_with(vbm_engine::SNAPSHOT_PREFIX))
+                            .map(|s| VbmSnapshot {
+                                name: s.name,
+                                created: s.create_time.map(|t| t.to_string()),
+                            })
+                            .collect(),
                     })
                 })
                 .collect())
