@@ -6,7 +6,8 @@
 //!
 //! Run it through `bench/engine.sh` (which builds the image and installs the peers); flags:
 //! `--no-peers` (skip restic and borg), `--level N` (zstd level of the repository; default: the
-//! repository default), `--change F` (share of chunks touched on day 2).
+//! repository default), `--change F` (share of chunks touched on day 2), `--workers N` and
+//! `--streams N` (the engine's chunk workers and range streams per disk).
 
 #![allow(
     clippy::print_stdout,
@@ -44,6 +45,8 @@ struct Args {
     change: f64,
     peers: bool,
     level: Option<i32>,
+    workers: Option<usize>,
+    streams: Option<usize>,
 }
 
 fn args() -> Args {
@@ -52,6 +55,7 @@ fn args() -> Args {
     let mut change = 0.02;
     let mut peers = true;
     let mut level = None;
+    let (mut workers, mut streams) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -60,6 +64,8 @@ fn args() -> Args {
             "--change" => change = it.next().unwrap().parse().unwrap(),
             "--no-peers" => peers = false,
             "--level" => level = it.next().map(|l| l.parse().unwrap()),
+            "--workers" => workers = it.next().map(|l| l.parse().unwrap()),
+            "--streams" => streams = it.next().map(|l| l.parse().unwrap()),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -69,6 +75,8 @@ fn args() -> Args {
         change,
         peers,
         level,
+        workers,
+        streams,
     }
 }
 
@@ -201,6 +209,12 @@ async fn main() {
     // 1. Full backup.
     let cancel = CancellationToken::new();
     let mut options = BackupOptions::new(VmSelector::Name("bench".into()));
+    if let Some(workers) = args.workers {
+        options.workers = workers;
+    }
+    if let Some(streams) = args.streams {
+        options.streams = streams;
+    }
     options.mode = ModeRequest::Incremental;
     settle();
     let t = Instant::now();
