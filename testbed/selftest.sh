@@ -99,23 +99,28 @@ ctl() { # ctl METHOD PATH [JSON]
 	fi
 }
 
+# Manager morefs of the simulated vCenter; the ESX section switches them to ESXi's.
+SM=SessionManager
+PC=propertyCollector
+ROOT=group-d1
+
 login() {
 	rm -f "$tmp/cookies"
-	soap "<Login xmlns=\"urn:vim25\"><_this type=\"SessionManager\">SessionManager</_this><userName>$(xmlesc "$1")</userName><password>$(xmlesc "$2")</password></Login>"
+	soap "<Login xmlns=\"urn:vim25\"><_this type=\"SessionManager\">$SM</_this><userName>$(xmlesc "$1")</userName><password>$(xmlesc "$2")</password></Login>"
 }
 
 rp() { # rp TYPE MOID PATHS... : RetrievePropertiesEx of one object
 	local type=$1 moid=$2 paths=""
 	shift 2
 	for p in "$@"; do paths="$paths<pathSet>$p</pathSet>"; done
-	soap "<RetrievePropertiesEx xmlns=\"urn:vim25\"><_this type=\"PropertyCollector\">propertyCollector</_this><specSet><propSet><type>$type</type>$paths</propSet><objectSet><obj type=\"$type\">$(xmlesc "$moid")</obj></objectSet></specSet><options/></RetrievePropertiesEx>"
+	soap "<RetrievePropertiesEx xmlns=\"urn:vim25\"><_this type=\"PropertyCollector\">$PC</_this><specSet><propSet><type>$type</type>$paths</propSet><objectSet><obj type=\"$type\">$(xmlesc "$moid")</obj></objectSet></specSet><options/></RetrievePropertiesEx>"
 }
 
 vm_names_via_soap() {
-	soap '<CreateContainerView xmlns="urn:vim25"><_this type="ViewManager">ViewManager</_this><container type="Folder">group-d1</container><type>VirtualMachine</type><recursive>true</recursive></CreateContainerView>' >/dev/null
+	soap "<CreateContainerView xmlns=\"urn:vim25\"><_this type=\"ViewManager\">ViewManager</_this><container type=\"Folder\">$ROOT</container><type>VirtualMachine</type><recursive>true</recursive></CreateContainerView>" >/dev/null
 	local view
 	view=$(xval returnval)
-	soap "<RetrievePropertiesEx xmlns=\"urn:vim25\"><_this type=\"PropertyCollector\">propertyCollector</_this><specSet><propSet><type>VirtualMachine</type><pathSet>name</pathSet></propSet><objectSet><obj type=\"ContainerView\">$view</obj><skip>true</skip><selectSet xsi:type=\"TraversalSpec\"><name>v</name><type>ContainerView</type><path>view</path><skip>false</skip></selectSet></objectSet></specSet><options><maxObjects>100</maxObjects></options></RetrievePropertiesEx>" >/dev/null
+	soap "<RetrievePropertiesEx xmlns=\"urn:vim25\"><_this type=\"PropertyCollector\">$PC</_this><specSet><propSet><type>VirtualMachine</type><pathSet>name</pathSet></propSet><objectSet><obj type=\"ContainerView\">$view</obj><skip>true</skip><selectSet xsi:type=\"TraversalSpec\"><name>v</name><type>ContainerView</type><path>view</path><skip>false</skip></selectSet></objectSet></specSet><options><maxObjects>100</maxObjects></options></RetrievePropertiesEx>" >/dev/null
 	xval val | sort
 }
 
@@ -407,6 +412,38 @@ eq "pre-existing user snapshots with changeIds" "before-upgrade:/1 after upgrade
 eq "independent disks carry no changeId" "persistent:yes independent_persistent:no independent_nonpersistent:no" \
 	"$(ctl GET "/vms/$(uri "50%25 load")" | jq -r '[.disks[] | "\(.mode):\(if .change_id == "" then "no" else "yes" end)"] | join(" ")')"
 stop_tb
+
+# =====================================================================================================
+echo "# esx.json"
+start_tb "$here/specs/esx.json" || exit 1
+echo "# startup with esx.json: ${startup_ms} ms"
+SM=ha-sessionmgr
+PC=ha-property-collector
+ROOT=ha-folder-root
+soap '<RetrieveServiceContent xmlns="urn:vim25"><_this type="ServiceInstance">ServiceInstance</_this></RetrieveServiceContent>' >/dev/null
+eq "ESX mode: apiType HostAgent, no instanceUuid, ESXi's manager morefs" "HostAgent||ha-sessionmgr ha-property-collector ha-folder-root" \
+	"$(xval apiType)|$(xval instanceUuid)|$(xval sessionManager) $(xval propertyCollector) $(xval rootFolder)"
+eq "ESX mode: the startup line says HostAgent with an empty instance_uuid" "HostAgent|" "$(jq -r '"\(.api_type)|\(.instance_uuid)"' "$tmp/out")"
+eq "ESX mode: one datacenter ha-datacenter with the spec's host and datastores" "ha-datacenter ha-host:esx01.lab.local datastore1,datastore2" \
+	"$(ctl GET /info | jq -r '[.datacenters[] | "\(.name) \(.hosts | map("\(.moref):\(.name)") | join(",")) \(.datastores | map(.name) | join(","))"] | join(";")')"
+login "$USER_" "$PASS_" >/dev/null
+eq "ESX mode: VM list through a container view on ha-folder-root" "$(ctl GET /info | jq -r '.vms[].name' | sort)" "$(vm_names_via_soap)"
+status=$(soap "<SessionIsActive xmlns=\"urn:vim25\"><_this type=\"SessionManager\">$SM</_this><sessionID>x</sessionID><userName>$USER_</userName></SessionIsActive>")
+eq "ESX mode: SessionIsActive is NotImplemented (vcsim's ESX model)" "500 NotImplemented" "$status $(faulttype)"
+info=$(ctl GET /vms/esx-web01)
+VM=$(jq -r .moref <<<"$info")
+curl -sS --cacert "$tmp/ca.pem" -b "$tmp/cookies" -o "$tmp/flat" "$(folder_url ha-datacenter datastore2 esx-web01 esx-web01_1-flat.vmdk)"
+eq "ESX mode: /folder GET with dcPath=ha-datacenter" "$(ctl GET /vms/esx-web01/disks/2001/sha256 | jq -r .sha256)" "$(sha256sum <"$tmp/flat" | cut -d' ' -f1)"
+create_snapshot "$VM" "vbm-esx-1"
+C1=$(snapshot_change_id "$snap" 2000)
+ctl POST /vms/esx-web01/disks/2000/write '{"offset": 3000000, "length": 70000, "seed": 5}' >/dev/null
+create_snapshot "$VM" "vbm-esx-2"
+qcda "$VM" "$snap" 2000 "$C1" 33554432
+eq "ESX mode: QueryChangedDiskAreas returns exactly the written blocks" "$(expected_blocks 3000000 70000 65536)" "$areas"
+stop_tb
+printf '{"esx": true, "datacenters": [{"datastores": [{"name": "d"}], "clusters": [{"name": "C0", "hosts": ["h"]}]}]}' >"$tmp/esx-cluster.json"
+"$bin" --spec "$tmp/esx-cluster.json" >/dev/null 2>"$tmp/err"
+eq "ESX mode: a cluster is a spec error (exit 2)" "2 yes" "$? $(grep -q 'has no clusters' "$tmp/err" && echo yes || echo no)"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

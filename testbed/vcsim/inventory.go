@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/simulator/esx"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -84,13 +85,19 @@ func (tb *Testbed) build(ctx context.Context) error {
 	var plans []*vmPlan
 	for i := range tb.spec.Datacenters {
 		dcSpec := &tb.spec.Datacenters[i]
-		parent, err := ensureFolder("root:", root, dcSpec.Folder)
-		if err != nil {
-			return err
-		}
-		dc, err := parent.CreateDatacenter(ctx, dcSpec.Name)
-		if err != nil {
-			return fmt.Errorf("create datacenter %q: %v", dcSpec.Name, err)
+		var dc *object.Datacenter
+		if tb.spec.ESX {
+			// ESXi's only datacenter exists from the start (validateESX named it ha-datacenter).
+			dc = object.NewDatacenter(c, esx.Datacenter.Reference())
+		} else {
+			parent, err := ensureFolder("root:", root, dcSpec.Folder)
+			if err != nil {
+				return err
+			}
+			dc, err = parent.CreateDatacenter(ctx, dcSpec.Name)
+			if err != nil {
+				return fmt.Errorf("create datacenter %q: %v", dcSpec.Name, err)
+			}
 		}
 		dcFolders, err := dc.Folders(ctx)
 		if err != nil {
@@ -118,25 +125,39 @@ func (tb *Testbed) build(ctx context.Context) error {
 			info.Hosts = append(info.Hosts, hostInfo{Name: name, Ref: h.Reference(), Cluster: cluster, Pool: pool.Reference()})
 			return nil
 		}
-		for _, cs := range dcSpec.Clusters {
-			cl, err := dcFolders.HostFolder.CreateCluster(ctx, cs.Name, types.ClusterConfigSpecEx{})
+		if tb.spec.ESX {
+			// The host exists already (validateESX allows exactly one and names it).
+			h, err := tb.esxHost(dcSpec.Hosts[0])
 			if err != nil {
-				return fmt.Errorf("create cluster %q: %v", cs.Name, err)
+				return err
 			}
-			info.Clusters = append(info.Clusters, cs.Name)
-			for _, h := range cs.Hosts {
-				if err := addHost(h, cs.Name, func(s types.HostConnectSpec) (*object.Task, error) {
-					return cl.AddHost(ctx, s, true, nil, nil)
+			pool, err := h.ResourcePool(ctx)
+			if err != nil {
+				return err
+			}
+			hosts = append(hosts, h)
+			info.Hosts = append(info.Hosts, hostInfo{Name: dcSpec.Hosts[0], Ref: h.Reference(), Pool: pool.Reference()})
+		} else {
+			for _, cs := range dcSpec.Clusters {
+				cl, err := dcFolders.HostFolder.CreateCluster(ctx, cs.Name, types.ClusterConfigSpecEx{})
+				if err != nil {
+					return fmt.Errorf("create cluster %q: %v", cs.Name, err)
+				}
+				info.Clusters = append(info.Clusters, cs.Name)
+				for _, h := range cs.Hosts {
+					if err := addHost(h, cs.Name, func(s types.HostConnectSpec) (*object.Task, error) {
+						return cl.AddHost(ctx, s, true, nil, nil)
+					}); err != nil {
+						return err
+					}
+				}
+			}
+			for _, h := range dcSpec.Hosts {
+				if err := addHost(h, "", func(s types.HostConnectSpec) (*object.Task, error) {
+					return dcFolders.HostFolder.AddStandaloneHost(ctx, s, true, nil, nil)
 				}); err != nil {
 					return err
 				}
-			}
-		}
-		for _, h := range dcSpec.Hosts {
-			if err := addHost(h, "", func(s types.HostConnectSpec) (*object.Task, error) {
-				return dcFolders.HostFolder.AddStandaloneHost(ctx, s, true, nil, nil)
-			}); err != nil {
-				return err
 			}
 		}
 
@@ -208,6 +229,26 @@ func (tb *Testbed) build(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// esxHost returns the one host of the ESX model (ha-host), renamed as the spec says. vcsim names
+// it localhost.localdomain; a real host shows its configured host name (often its FQDN).
+func (tb *Testbed) esxHost(name string) (*object.HostSystem, error) {
+	ref := esx.HostSystem.Reference()
+	sh, ok := simulator.Map.Get(ref).(*simulator.HostSystem)
+	if !ok {
+		return nil, fmt.Errorf("the ESX model has no host %s", ref.Value)
+	}
+	var parent types.ManagedObjectReference
+	simulator.Map.WithLock(sh, func() {
+		sh.Name = name
+		sh.Summary.Config.Name = name
+		parent = *sh.Parent
+	})
+	if cr, ok := simulator.Map.Get(parent).(*mo.ComputeResource); ok {
+		simulator.Map.WithLock(cr, func() { cr.Name = name })
+	}
+	return object.NewHostSystem(tb.client, ref), nil
 }
 
 // createDatastore makes one datastore backed by dir and mounts it on every host. vcsim's

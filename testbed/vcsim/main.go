@@ -177,6 +177,7 @@ type startupInfo struct {
 	DataDir          string  `json:"data_dir"`
 	CertPEM          string  `json:"cert_pem"`
 	InstanceUUID     string  `json:"instance_uuid"`
+	APIType          string  `json:"api_type"`
 }
 
 type server struct {
@@ -205,13 +206,20 @@ func start(spec *Spec, dataDir, user, password, listen, plainListen string) (*se
 		return nil, err
 	}
 
-	// An empty vCenter: no datacenters, hosts or VMs; the spec builds those.
-	model := simulator.VPX()
-	model.Datacenter = 0
-	model.Host = 0
-	model.Cluster = 0
-	model.ClusterHost = 0
-	model.Portgroup = 0
+	var model *simulator.Model
+	if spec.ESX {
+		// A standalone ESXi host: vcsim creates ha-datacenter, its folders, the host ha-host with
+		// its compute resource and root pool; the spec adds datastores and VMs.
+		model = simulator.ESX()
+	} else {
+		// An empty vCenter: no datacenters, hosts or VMs; the spec builds those.
+		model = simulator.VPX()
+		model.Datacenter = 0
+		model.Host = 0
+		model.Cluster = 0
+		model.ClusterHost = 0
+		model.Portgroup = 0
+	}
 	model.Datastore = 0
 	model.Machine = 0
 	model.Autostart = false
@@ -219,13 +227,21 @@ func start(spec *Spec, dataDir, user, password, listen, plainListen string) (*se
 		return nil, err
 	}
 	// vcsim gives every instance the same vCenter instance UUID; a real vCenter has its own, and
-	// vbm tells vCenters apart by it.
-	instanceUUID, err := randomUUID()
-	if err != nil {
-		return nil, err
+	// vbm tells vCenters apart by it. ESXi has none (about.instanceUuid is empty).
+	instanceUUID := ""
+	si, _ := simulator.Map.Get(vim25.ServiceInstance).(*simulator.ServiceInstance)
+	if !spec.ESX {
+		instanceUUID, err = randomUUID()
+		if err != nil {
+			return nil, err
+		}
+		if si != nil {
+			si.Content.About.InstanceUuid = instanceUUID
+		}
 	}
-	if si, ok := simulator.Map.Get(vim25.ServiceInstance).(*simulator.ServiceInstance); ok {
-		si.Content.About.InstanceUuid = instanceUUID
+	apiType := ""
+	if si != nil {
+		apiType = si.Content.About.ApiType
 	}
 
 	tb := newTestbed(spec, dataDir, user, password)
@@ -280,6 +296,7 @@ func start(spec *Spec, dataDir, user, password, listen, plainListen string) (*se
 		DataDir:          dataDir,
 		CertPEM:          string(certPEM),
 		InstanceUUID:     instanceUUID,
+		APIType:          apiType,
 	}
 	return srv, nil
 }

@@ -20,6 +20,10 @@ const (
 	defaultCBTBlockSize = 64 << 10
 	defaultQCDAWindow   = 16 << 20
 	maxDisksPerVM       = 15 // scsi0:0..15 without unit 7 (the controller's own unit)
+
+	// What a standalone ESXi host calls its only datacenter, and vcsim's name for the host.
+	esxDatacenter  = "ha-datacenter"
+	esxDefaultHost = "localhost.localdomain"
 )
 
 // Spec is the root of an inventory spec file.
@@ -27,6 +31,7 @@ type Spec struct {
 	Seed         int64            `json:"seed"`
 	CBTBlockSize int64            `json:"cbt_block_size"`
 	QCDAWindow   int64            `json:"qcda_window"`
+	ESX          bool             `json:"esx"` // a standalone ESXi host (HostAgent) instead of vCenter
 	Datacenters  []DatacenterSpec `json:"datacenters"`
 }
 
@@ -163,6 +168,11 @@ func (s *Spec) validate() error {
 	if s.QCDAWindow <= 0 || s.QCDAWindow%s.CBTBlockSize != 0 {
 		return fmt.Errorf("qcda_window %d must be a positive multiple of cbt_block_size %d", s.QCDAWindow, s.CBTBlockSize)
 	}
+	if s.ESX {
+		if err := s.validateESX(); err != nil {
+			return fmt.Errorf("esx: %v", err)
+		}
+	}
 	if len(s.Datacenters) == 0 {
 		return fmt.Errorf("no datacenters")
 	}
@@ -182,6 +192,45 @@ func (s *Spec) validate() error {
 		dcPaths[dc.Path()] = true
 		if err := dc.validate(s, vmNames); err != nil {
 			return fmt.Errorf("datacenter %q: %v", dc.Name, err)
+		}
+	}
+	return nil
+}
+
+// validateESX checks what a standalone ESXi host can hold: its one datacenter "ha-datacenter"
+// (the name may be omitted), one host, no clusters and no folders (the host's VM folder takes only
+// VMs). It fills in the datacenter and host names.
+func (s *Spec) validateESX() error {
+	if len(s.Datacenters) != 1 {
+		return fmt.Errorf("a standalone ESXi host has exactly one datacenter (%q); the spec lists %d", esxDatacenter, len(s.Datacenters))
+	}
+	dc := &s.Datacenters[0]
+	switch dc.Name {
+	case "":
+		dc.Name = esxDatacenter
+	case esxDatacenter:
+	default:
+		return fmt.Errorf("datacenter %q: the datacenter of a standalone ESXi host is always %q (omit the name)", dc.Name, esxDatacenter)
+	}
+	if dc.Folder != "" {
+		return fmt.Errorf("datacenter folder %q: ESXi has no folders above its datacenter", dc.Folder)
+	}
+	if len(dc.Clusters) > 0 {
+		return fmt.Errorf("cluster %q: a standalone ESXi host has no clusters", dc.Clusters[0].Name)
+	}
+	switch len(dc.Hosts) {
+	case 0:
+		dc.Hosts = []string{esxDefaultHost}
+	case 1:
+	default:
+		return fmt.Errorf("hosts %q: a standalone ESXi host is a single host", dc.Hosts)
+	}
+	if len(dc.VMFolders) > 0 {
+		return fmt.Errorf("vm_folders %q: ESXi has no VM folders", dc.VMFolders)
+	}
+	for _, vm := range dc.VMs {
+		if vm.Folder != "" {
+			return fmt.Errorf("vm %q: folder %q: ESXi has no VM folders", vm.Name, vm.Folder)
 		}
 	}
 	return nil
