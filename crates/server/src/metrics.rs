@@ -127,6 +127,19 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// A VM backup starts: its counters exist from now on, at zero, so that Prometheus'
+    /// `increase()` sees the first failure (a series born at 1 has no increase).
+    pub fn backup_started(&self, labels: &JobVm) {
+        self.touch_counters(labels);
+    }
+
+    fn touch_counters(&self, labels: &JobVm) {
+        self.success.get_or_create(labels);
+        self.failure.get_or_create(labels);
+        self.bytes_read.get_or_create(labels);
+        self.bytes_written.get_or_create(labels);
+    }
+
     /// A VM backup succeeded.
     pub fn backup_succeeded(
         &self,
@@ -154,6 +167,7 @@ impl Metrics {
 
     /// Seeds the last-success time after a restart (from the catalog).
     pub fn seed_last_success(&self, labels: &JobVm, finished_unix: i64) {
+        self.touch_counters(labels);
         self.last_success.get_or_create(labels).set(finished_unix);
     }
 
@@ -225,6 +239,30 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_exist_at_zero_before_the_first_failure() {
+        let m = Metrics::new();
+        let l = JobVm {
+            job: "nightly".into(),
+            vm: "web01".into(),
+        };
+        m.backup_started(&l);
+        let text = m.render();
+        assert!(
+            text.contains("backup_failure_total{job=\"nightly\",vm=\"web01\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE backup_failure_total counter"),
+            "{text}"
+        );
+        m.backup_failed(&l);
+        assert!(
+            m.render()
+                .contains("backup_failure_total{job=\"nightly\",vm=\"web01\"} 1")
+        );
+    }
 
     #[test]
     fn spec_names_are_exported() {

@@ -259,6 +259,7 @@ async fn backup_vm(
         )
         .await;
     ctx.metrics.running_backups(1);
+    ctx.metrics.backup_started(&labels);
     let started = Instant::now();
     let task = BackupTask {
         job_id: job.id.clone(),
