@@ -134,10 +134,10 @@ impl Metrics {
     }
 
     fn touch_counters(&self, labels: &JobVm) {
-        self.success.get_or_create(labels);
-        self.failure.get_or_create(labels);
-        self.bytes_read.get_or_create(labels);
-        self.bytes_written.get_or_create(labels);
+        drop(self.success.get_or_create(labels));
+        drop(self.failure.get_or_create(labels));
+        drop(self.bytes_read.get_or_create(labels));
+        drop(self.bytes_written.get_or_create(labels));
     }
 
     /// A VM backup succeeded.
