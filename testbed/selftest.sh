@@ -429,7 +429,7 @@ eq "ESX mode: one datacenter ha-datacenter with the spec's host and datastores" 
 login "$USER_" "$PASS_" >/dev/null
 eq "ESX mode: VM list through a container view on ha-folder-root" "$(ctl GET /info | jq -r '.vms[].name' | sort)" "$(vm_names_via_soap)"
 status=$(soap "<SessionIsActive xmlns=\"urn:vim25\"><_this type=\"SessionManager\">$SM</_this><sessionID>x</sessionID><userName>$USER_</userName></SessionIsActive>")
-eq "ESX mode: SessionIsActive is NotImplemented (vcsim's ESX model)" "500 NotImplemented" "$status $(faulttype)"
+eq "ESX mode: SessionIsActive is NotImplemented, as on a real ESXi" "500 NotImplemented" "$status $(faulttype)"
 info=$(ctl GET /vms/esx-web01)
 VM=$(jq -r .moref <<<"$info")
 curl -sS --cacert "$tmp/ca.pem" -b "$tmp/cookies" -o "$tmp/flat" "$(folder_url ha-datacenter datastore2 esx-web01 esx-web01_1-flat.vmdk)"
