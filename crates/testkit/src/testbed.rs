@@ -60,6 +60,8 @@ struct ReadyLine {
     data_dir: PathBuf,
     cert_pem: String,
     instance_uuid: String,
+    #[serde(default)]
+    api_type: String,
 }
 
 /// A running testbed (govmomi's vcsim, extended). Dropping it kills the process.
@@ -82,6 +84,9 @@ pub struct Testbed {
     /// The simulated vCenter's instance UUID (`ServiceContent.about.instanceUuid`), random per
     /// start.
     pub instance_uuid: String,
+    /// `ServiceContent.about.apiType`: `VirtualCenter`, or `HostAgent` for a spec with
+    /// `"esx": true` (a standalone ESXi host; its `instance_uuid` is empty).
+    pub api_type: String,
     /// Directory holding one subdirectory per datastore.
     pub data_dir: PathBuf,
     control: Control,
@@ -171,6 +176,7 @@ impl Testbed {
             thumbprint_sha1: ready.thumbprint_sha1,
             cert_pem: ready.cert_pem,
             instance_uuid: ready.instance_uuid,
+            api_type: ready.api_type,
             data_dir: ready.data_dir,
             control,
             _stdin: stdin,
