@@ -8,6 +8,7 @@
 mod integration {
     mod cbt;
     mod common;
+    mod esxi;
     mod faults;
     mod inventory;
     mod session;
