@@ -5,6 +5,7 @@
 
 mod integration {
     pub(crate) mod backup;
+    pub(crate) mod esxi;
     pub(crate) mod faults;
     pub(crate) mod restore;
     pub(crate) mod support;
