@@ -733,13 +733,26 @@ impl Ctx<'_> {
     ) -> std::result::Result<(Arc<FixedIndexReader>, ChangeId), String> {
         // The same instance UUID in two vCenters (a replicated or re-registered VM) is not the
         // same disk: its changeIds say nothing about the other's data.
-        if let (Some(then), Some(now)) = (&parent.manifest.vcenter_uuid, self.vcenter_uuid())
-            && !then.eq_ignore_ascii_case(&now)
-        {
-            return Err(format!(
-                "the last backup ({}) was read through another vCenter ({} {then}, now {now})",
-                parent.id, parent.manifest.vcenter
-            ));
+        match (&parent.manifest.vcenter_uuid, self.vcenter_uuid()) {
+            (Some(then), Some(now)) if !then.eq_ignore_ascii_case(&now) => {
+                return Err(format!(
+                    "the last backup ({}) was read through another vCenter ({} {then}, now {now})",
+                    parent.id, parent.manifest.vcenter
+                ));
+            }
+            // Standalone ESXi hosts have no instance UUID: tell them apart by name.
+            (None, None)
+                if !parent
+                    .manifest
+                    .vcenter
+                    .eq_ignore_ascii_case(&self.options.vcenter) =>
+            {
+                return Err(format!(
+                    "the last backup ({}) was read from another host ({}, now {})",
+                    parent.id, parent.manifest.vcenter, self.options.vcenter
+                ));
+            }
+            _ => {}
         }
         let Some(prev) = parent
             .manifest

@@ -194,3 +194,46 @@ async fn esxi_full_and_incremental_backups_restore_to_the_source_digests() {
     );
     esx.logout().await.unwrap();
 }
+
+/// Standalone hosts have no instance UUID: two hosts holding a VM with the same instance UUID
+/// (a copied VM) are told apart by name, and an incremental never builds on the other's backup.
+#[tokio::test]
+async fn an_incremental_never_builds_on_a_backup_from_another_esxi_host() {
+    let (tb_a, tb_b) = (
+        Testbed::start("esx").await.unwrap(),
+        Testbed::start("esx").await.unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let cancel = CancellationToken::new();
+    let mut options = BackupOptions::new(VmSelector::Name("esx-db01".into()));
+    options.vcenter = "esx-a.lab.local".into();
+    let first = backup(&client(&tb_a).await, &repo, &options, &NoProgress, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(first.manifest.vcenter_uuid, None);
+
+    options.vcenter = "esx-b.lab.local".into();
+    options.run_id = RunId::new();
+    let second = backup(&client(&tb_b).await, &repo, &options, &NoProgress, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(
+        second.backup_id.vm(),
+        first.backup_id.vm(),
+        "same repository key"
+    );
+    assert_eq!(second.mode, BackupMode::Full);
+    assert!(
+        second.warnings.iter().any(|w| w.contains("another host")),
+        "{:?}",
+        second.warnings
+    );
+
+    // The same host again: incremental.
+    options.run_id = RunId::new();
+    let third = backup(&client(&tb_b).await, &repo, &options, &NoProgress, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(third.mode, BackupMode::Incremental, "{:?}", third.warnings);
+}
