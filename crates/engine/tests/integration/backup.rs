@@ -5,16 +5,7 @@ use vbm_engine::vbm_repo::{BackupMode, FileKind};
 use vbm_engine::{BackupOptions, CancellationToken, ModeRequest, VmSelector, backup};
 use vbm_testkit::Testbed;
 
-use super::support::{Events, client, repo, restored_sha256};
-
-fn disk_file(manifest: &vbm_engine::vbm_repo::Manifest, key: i32) -> &str {
-    &manifest
-        .disks
-        .iter()
-        .find(|d| d.device_key == key)
-        .expect("disk in manifest")
-        .file
-}
+use super::support::{Events, client, disk_file, repo, restored_sha256};
 
 #[tokio::test]
 async fn full_then_incremental_backups_restore_exactly_and_read_only_changes() {

@@ -8,27 +8,10 @@ use vbm_engine::{
 };
 use vbm_testkit::Testbed;
 
-use super::support::{client, repo};
+use super::support::{client, disk_file, repo, sha256_file};
 
 /// The spec's CBT block size.
 const BLOCK: u64 = 64 << 10;
-
-fn sha256_file(path: &std::path::Path) -> String {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    let mut file = std::fs::File::open(path).unwrap();
-    std::io::copy(&mut file, &mut hasher).unwrap();
-    hex::encode(hasher.finalize())
-}
-
-fn disk_file(manifest: &Manifest, key: i32) -> &str {
-    &manifest
-        .disks
-        .iter()
-        .find(|d| d.device_key == key)
-        .expect("disk in manifest")
-        .file
-}
 
 /// Bytes read from disks: everything read minus the small files (VMX, NVRAM, descriptors).
 fn disk_bytes_read(bytes_read: u64, manifest: &Manifest) -> u64 {

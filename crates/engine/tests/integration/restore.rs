@@ -10,15 +10,7 @@ use vbm_engine::{
 };
 use vbm_testkit::Testbed;
 
-use super::support::{client, repo};
-
-fn sha256_file(path: &std::path::Path) -> String {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    let mut file = std::fs::File::open(path).unwrap();
-    std::io::copy(&mut file, &mut hasher).unwrap();
-    hex::encode(hasher.finalize())
-}
+use super::support::{client, repo, sha256_file};
 
 #[tokio::test]
 async fn restore_to_a_directory_writes_verified_sparse_files_identical_to_the_source() {

@@ -37,6 +37,25 @@ pub(crate) fn restored_sha256(repo: &Repository, id: &BackupId, path: &str) -> S
     reader.copy_to(&mut sink, 2, &mut |_| {}).unwrap().to_hex()
 }
 
+/// SHA-256 (hex) of a file on disk.
+pub(crate) fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut file = std::fs::File::open(path).unwrap();
+    std::io::copy(&mut file, &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
+}
+
+/// The path (in the backup) of the disk with device key `key`.
+pub(crate) fn disk_file(manifest: &vbm_engine::vbm_repo::Manifest, key: i32) -> &str {
+    &manifest
+        .disks
+        .iter()
+        .find(|d| d.device_key == key)
+        .expect("disk in manifest")
+        .file
+}
+
 /// Collects progress events.
 #[derive(Default, Clone)]
 pub(crate) struct Events(pub(crate) Arc<Mutex<Vec<ProgressEvent>>>);
