@@ -174,7 +174,7 @@ func (tb *Testbed) build(ctx context.Context) error {
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return err
 			}
-			ref, err := tb.createDatastore(ctx, dsSpec.Name, dir, hosts)
+			ref, err := tb.createDatastore(ctx, dsSpec.Name, dsSpec.Type, dir, hosts)
 			if err != nil {
 				return fmt.Errorf("create datastore %q: %v", dsSpec.Name, err)
 			}
@@ -254,7 +254,7 @@ func (tb *Testbed) esxHost(name string) (*object.HostSystem, error) {
 // createDatastore makes one datastore backed by dir and mounts it on every host. vcsim's
 // CreateLocalDatastore makes a new Datastore object per call, so it is called on the first host
 // only and the other hosts get the mount added directly.
-func (tb *Testbed) createDatastore(ctx context.Context, name, dir string, hosts []*object.HostSystem) (types.ManagedObjectReference, error) {
+func (tb *Testbed) createDatastore(ctx context.Context, name, kind, dir string, hosts []*object.HostSystem) (types.ManagedObjectReference, error) {
 	if len(hosts) == 0 {
 		return types.ManagedObjectReference{}, fmt.Errorf("no hosts")
 	}
@@ -271,6 +271,9 @@ func (tb *Testbed) createDatastore(ctx context.Context, name, dir string, hosts 
 	simulator.Map.WithLock(sds, func() {
 		// VMFS is what vbm expects for CBT "*" semantics; vcsim says OTHER.
 		sds.Summary.Type = string(types.HostFileSystemVolumeFileSystemTypeVMFS)
+		if kind != "" {
+			sds.Summary.Type = kind
+		}
 	})
 	for _, h := range hosts[1:] {
 		sh := simulator.Map.Get(h.Reference()).(*simulator.HostSystem)

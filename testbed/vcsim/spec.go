@@ -49,6 +49,9 @@ type DatacenterSpec struct {
 // DatastoreSpec names a datastore; every host of the datacenter mounts it.
 type DatastoreSpec struct {
 	Name string `json:"name"`
+	// Type is what summary.type reports: VMFS (default), NFS, NFS41, vsan or VVOL. The files are
+	// plain files whatever the type; vbm must refuse object-backed (vsan, VVOL) disks.
+	Type string `json:"type"`
 }
 
 // ClusterSpec is a cluster with its hosts.
@@ -258,6 +261,11 @@ func (dc *DatacenterSpec) validate(s *Spec, vmNames map[string]bool) error {
 		}
 		if dsNames[ds.Name] {
 			return fmt.Errorf("datastore %q defined twice", ds.Name)
+		}
+		switch ds.Type {
+		case "", "VMFS", "NFS", "NFS41", "vsan", "VVOL":
+		default:
+			return fmt.Errorf("datastore %q: type %q is not one of VMFS, NFS, NFS41, vsan, VVOL", ds.Name, ds.Type)
 		}
 		dsNames[ds.Name] = true
 	}

@@ -273,6 +273,7 @@ impl Ctx<'_> {
         }
         let vm = self.client.read_vm(&vm.moref).await?;
         refuse_unsafe_state(&vm)?;
+        self.refuse_object_backed(&vm).await?;
 
         let wants_incremental = self.options.mode == ModeRequest::Incremental;
         let parent = if wants_incremental {
@@ -714,6 +715,42 @@ impl Ctx<'_> {
         };
         self.timings.cbt_query_seconds += query_started.elapsed().as_secs_f64();
         Ok((None, areas))
+    }
+
+    /// vSAN and vVols keep disks as objects: there is no flat extent to read over `/folder`,
+    /// so a VM with such a disk is refused before any snapshot is made.
+    async fn refuse_object_backed(&self, vm: &Vm) -> Result<()> {
+        let backed_up: Vec<&VirtualDisk> = vm
+            .disks
+            .iter()
+            .filter(|d| {
+                !d.disk_mode.is_independent()
+                    && d.compatibility_mode.as_deref() != Some("physicalMode")
+            })
+            .collect();
+        let mut stores: Vec<MoRef> = backed_up
+            .iter()
+            .filter_map(|d| d.datastore.clone())
+            .collect();
+        stores.sort_by(|a, b| a.value.cmp(&b.value));
+        stores.dedup();
+        if stores.is_empty() {
+            return Ok(());
+        }
+        let details = self.client.datastore_details(&stores).await?;
+        for disk in backed_up {
+            if let Some(ds) = details
+                .iter()
+                .find(|ds| disk.datastore.as_ref() == Some(&ds.moref))
+                && ds.is_object_backed()
+            {
+                return Err(Error::Refused(format!(
+                    "{} of {} is on {} datastore {}: object-backed datastores (vSAN, vVols) have no flat disk files to read over the datastore HTTP endpoint, which is how vbm reads disks",
+                    disk.label, vm.display_name, ds.kind, ds.display_name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The instance UUID of the vCenter this backup reads from (none for ESXi).

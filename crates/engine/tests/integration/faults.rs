@@ -139,6 +139,51 @@ async fn vm_with_user_snapshots_is_refused_with_the_reason() {
     assert!(repo.list_backups().unwrap().committed.is_empty());
 }
 
+/// vSAN and vVols have no flat extents to read: a VM with a disk there is refused, naming the
+/// disk and the datastore, before any snapshot is made.
+#[tokio::test]
+async fn a_disk_on_an_object_backed_datastore_is_refused_before_the_snapshot() {
+    let spec = json!({
+        "seed": 3,
+        "datacenters": [{
+            "name": "DC0",
+            "datastores": [{"name": "ds1"}, {"name": "vsanDatastore", "type": "vsan"}],
+            "hosts": ["esx01"],
+            "vms": [{"name": "on-vsan", "cbt": true, "disks": [
+                {"capacity": 4194304, "datastore": "ds1"},
+                {"capacity": 4194304, "datastore": "vsanDatastore"}
+            ]}]
+        }]
+    });
+    let tb = Testbed::start(&spec.to_string()).await.unwrap();
+    let vc = client(&tb).await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let err = backup(
+        &vc,
+        &repo,
+        &options("on-vsan"),
+        &NoProgress,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    let Error::Refused(message) = &err else {
+        panic!("expected a refusal, got {err:?}")
+    };
+    assert!(
+        message.contains("Hard disk 2") && message.contains("vsan datastore vsanDatastore"),
+        "{message}"
+    );
+    let stats = tb.control().stats().await.unwrap();
+    assert_eq!(
+        stats["soap_calls"]["CreateSnapshot_Task"],
+        serde_json::Value::Null,
+        "{stats}"
+    );
+    assert!(repo.list_backups().unwrap().committed.is_empty());
+}
+
 // N11: a CBT reset and a resized disk each fall back to a full read of that disk, with a warning.
 #[tokio::test]
 async fn cbt_reset_and_disk_resize_fall_back_to_full_reads() {
