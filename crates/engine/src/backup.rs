@@ -421,19 +421,29 @@ impl Ctx<'_> {
         Ok(report)
     }
 
-    /// The latest committed backup of the VM with a readable manifest.
+    /// The latest committed backup of the VM with a readable manifest, read from the same
+    /// vCenter (or standalone host) as this backup; failing that, the latest from anywhere (the
+    /// disks then fall back to full reads, with a warning that says why).
     async fn find_parent(&mut self, vm_key: &VmKey) -> Option<Parent> {
         let repo = self.repo.clone();
         let key = vm_key.clone();
+        let source = (self.vcenter_uuid(), self.options.vcenter.clone());
         let found = tokio::task::spawn_blocking(move || -> vbm_repo::Result<Option<Parent>> {
             let listing = repo.list_backups()?;
+            let mut elsewhere = None;
             for id in listing.committed.iter().rev().filter(|id| id.vm() == &key) {
                 match repo.read_manifest(id) {
-                    Ok(manifest) => return Ok(Some(Parent { id: id.clone(), manifest })),
+                    Ok(manifest) => {
+                        let parent = Parent { id: id.clone(), manifest };
+                        if other_source(&parent, source.0.as_deref(), &source.1).is_none() {
+                            return Ok(Some(parent));
+                        }
+                        elsewhere.get_or_insert(parent);
+                    }
                     Err(e) => tracing::warn!(backup = %id, error = %e, "skipping an unreadable backup as incremental parent"),
                 }
             }
-            Ok(None)
+            Ok(elsewhere)
         })
         .await;
         match found {
@@ -768,28 +778,12 @@ impl Ctx<'_> {
         disk: &VirtualDisk,
         parent: &Parent,
     ) -> std::result::Result<(Arc<FixedIndexReader>, ChangeId), String> {
-        // The same instance UUID in two vCenters (a replicated or re-registered VM) is not the
-        // same disk: its changeIds say nothing about the other's data.
-        match (&parent.manifest.vcenter_uuid, self.vcenter_uuid()) {
-            (Some(then), Some(now)) if !then.eq_ignore_ascii_case(&now) => {
-                return Err(format!(
-                    "the last backup ({}) was read through another vCenter ({} {then}, now {now})",
-                    parent.id, parent.manifest.vcenter
-                ));
-            }
-            // Standalone ESXi hosts have no instance UUID: tell them apart by name.
-            (None, None)
-                if !parent
-                    .manifest
-                    .vcenter
-                    .eq_ignore_ascii_case(&self.options.vcenter) =>
-            {
-                return Err(format!(
-                    "the last backup ({}) was read from another host ({}, now {})",
-                    parent.id, parent.manifest.vcenter, self.options.vcenter
-                ));
-            }
-            _ => {}
+        if let Some(why) = other_source(
+            parent,
+            self.vcenter_uuid().as_deref(),
+            &self.options.vcenter,
+        ) {
+            return Err(why);
         }
         let Some(prev) = parent
             .manifest
@@ -961,6 +955,26 @@ pub fn vm_key(vm: &Vm) -> Result<VmKey> {
         .map(|c| c.to_ascii_lowercase())
         .collect();
     VmKey::new(format!("vm-{clean}")).map_err(Error::Repo)
+}
+
+/// Why `parent` was read from another vCenter or standalone host than the one this backup reads
+/// (`uuid`: its instance UUID, none for a standalone host; `label`: its name), if it was. The
+/// same instance UUID in two vCenters (a replicated or re-registered VM) is not the same disk:
+/// its changeIds say nothing about the other's data.
+fn other_source(parent: &Parent, uuid: Option<&str>, label: &str) -> Option<String> {
+    let then = &parent.manifest;
+    match (then.vcenter_uuid.as_deref(), uuid) {
+        (Some(was), Some(now)) if !was.eq_ignore_ascii_case(now) => Some(format!(
+            "the last backup ({}) was read through another vCenter ({} {was}, now {now})",
+            parent.id, then.vcenter
+        )),
+        // Standalone ESXi hosts have no instance UUID: tell them apart by name.
+        (None, None) if !then.vcenter.eq_ignore_ascii_case(label) => Some(format!(
+            "the last backup ({}) was read from another host ({}, now {label})",
+            parent.id, then.vcenter
+        )),
+        _ => None,
+    }
 }
 
 /// ADR 30: refuse VMs whose base disks are not their current state.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use super::common::{SMALL_SPEC, backups, call, create_job, server_with_repo, wait_run};
+use super::common::{SMALL_SPEC, backups, call, create_job, run_job, server_with_repo, wait_run};
 use vbm_testkit::{Server, Testbed};
 
 async fn add(server: &Server, name: &str, tb: &Testbed, thumbprint: &str) -> String {
@@ -117,4 +117,71 @@ async fn two_vcenters_in_one_job() {
             .len(),
         expected
     );
+}
+
+/// A VM with the same instance UUID in two vCenters (a replicated VM; the testbed derives
+/// UUIDs from names) shares its repository key, but each copy keeps its own restore points:
+/// retention counts the backups read through each vCenter on their own, and an incremental
+/// never builds on the other vCenter's backup.
+#[tokio::test]
+async fn the_same_vm_in_two_vcenters_keeps_its_own_restore_points() {
+    let (a, b) = tokio::join!(Testbed::start(SMALL_SPEC), Testbed::start(SMALL_SPEC));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let uuid = a
+        .control()
+        .info()
+        .await
+        .unwrap()
+        .vm("web01")
+        .unwrap()
+        .instance_uuid
+        .clone();
+    assert_eq!(
+        b.control()
+            .info()
+            .await
+            .unwrap()
+            .vm("web01")
+            .unwrap()
+            .instance_uuid,
+        uuid
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_repo(dir.path(), "").await;
+    let va = add(&server, "vc-a", &a, &a.thumbprint_sha256).await;
+    let vb = add(&server, "vc-b", &b, &b.thumbprint_sha256).await;
+    let job = create_job(
+        &server,
+        json!({"name": "replicas", "retention": {"keep_last": 1},
+               "sources": [{"vcenter_id": va, "vms": [uuid]}, {"vcenter_id": vb, "vms": [uuid]}]}),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    for round in 0..2 {
+        let run = run_job(&server, &id).await;
+        let done = wait_run(&server, &run, Duration::from_secs(120)).await;
+        assert_eq!(done["status"], "success", "round {round}: {done}");
+        // Two VMs per run; the second round builds each on its own vCenter's backup.
+        let vms = done["vms"].as_array().unwrap();
+        assert_eq!(vms.len(), 2, "{done}");
+        let expected = if round == 0 { "full" } else { "incremental" };
+        for vm in vms {
+            assert_eq!(vm["mode"], expected, "round {round}: {done}");
+        }
+    }
+    let kept = backups(&server, &format!("&job_id={id}")).await;
+    let vcenters: std::collections::BTreeSet<&str> = kept
+        .iter()
+        .map(|b| b["vcenter"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept.len(), 2, "keep_last 1 per vCenter: {kept:#?}");
+    assert_eq!(vcenters.len(), 2, "{kept:#?}");
+    let (_, _, preview) = call(
+        &server,
+        "GET",
+        &format!("/api/v1/jobs/{id}/retention"),
+        None,
+    )
+    .await;
+    assert!(preview.to_string().contains("on their own"), "{preview}");
 }

@@ -1,7 +1,7 @@
 //! Blocking repository work of the engine backend: the catalog, retention (the repository's own
 //! planner with the job's policy), garbage collection and usage figures.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use vbm_engine::vbm_repo::gc::{GcOptions, GcProgress};
@@ -62,12 +62,14 @@ fn policy(r: &Retention) -> RetentionPolicy {
     }
 }
 
-/// The job's committed backups of the VM (by the `job_id` their manifests record) and which of
-/// them a restore holds.
-fn candidates(
-    repo: &Repository,
-    request: &RetentionRequest,
-) -> Result<Vec<prune::Candidate>, BackendError> {
+/// The job's committed backups of the VM (by the `job_id` their manifests record), which of
+/// them a restore holds, grouped by the vCenter they were read through: the same instance UUID
+/// in two vCenters (a replicated VM) shares a repository key, but each copy keeps its own
+/// restore points. Group key: the vCenter's instance UUID (none for standalone hosts and older
+/// manifests); value: the vCenter's name for messages and the candidates, oldest first.
+type Groups = BTreeMap<Option<String>, (String, Vec<prune::Candidate>)>;
+
+fn candidates(repo: &Repository, request: &RetentionRequest) -> Result<Groups, BackendError> {
     let key = vm_key(&request.instance_uuid)?;
     let listing = repo.list_backups().map_err(convert::repo_error)?;
     let in_use: BTreeSet<vbm_repo::BackupId> = repo
@@ -81,13 +83,18 @@ fn candidates(
         })
         .collect();
     let job = request.job_id.to_string();
-    let mut out = Vec::new();
+    let mut out = Groups::new();
     for id in listing.committed.into_iter().filter(|id| id.vm() == &key) {
         match repo.read_manifest(&id) {
-            Ok(m) if m.job_id == job => out.push(prune::Candidate {
-                in_use: in_use.contains(&id),
-                id,
-            }),
+            Ok(m) if m.job_id == job => {
+                let group = out
+                    .entry(m.vcenter_uuid.map(|u| u.to_ascii_lowercase()))
+                    .or_insert_with(|| (m.vcenter.clone(), Vec::new()));
+                group.1.push(prune::Candidate {
+                    in_use: in_use.contains(&id),
+                    id,
+                });
+            }
             Ok(_) => {}
             // Unreadable backups are never candidates: removing what cannot be read is a
             // decision for an operator (S-D6).
@@ -128,7 +135,7 @@ pub(super) fn retention(
     repo: &Repository,
     request: &RetentionRequest,
 ) -> Result<RetentionOutcome, BackendError> {
-    let candidates = candidates(repo, request)?;
+    let groups = candidates(repo, request)?;
     if request.policy.is_empty() {
         // No rule: everything stays (the planner would refuse the empty policy instead).
         let mut plan = RetentionPlan {
@@ -136,7 +143,9 @@ pub(super) fn retention(
             remove: Vec::new(),
             blocked: None,
         };
-        for c in candidates.iter().rev() {
+        let mut all: Vec<&prune::Candidate> = groups.values().flat_map(|g| &g.1).collect();
+        all.sort_by_key(|c| c.id.time());
+        for c in all.into_iter().rev() {
             plan.keep.push(Decision {
                 backup_id: convert::backup_id(&c.id)?,
                 taken: c.id.time(),
@@ -153,17 +162,42 @@ pub(super) fn retention(
         force: request.force,
         ..PruneGuards::default()
     };
-    let plan = prune::plan(&candidates, &policy(&request.policy), &guards, request.now);
+    let policy = policy(&request.policy);
+    let plans: Vec<(&String, prune::PrunePlan)> = groups
+        .values()
+        .map(|(vcenter, c)| (vcenter, prune::plan(c, &policy, &guards, request.now)))
+        .collect();
+    // One group's guard holds back every removal of the VM: the operator confirms once.
+    let blocked = plans.iter().find_map(|(_, p)| p.refused.clone());
     let mut removed = Vec::new();
-    if request.apply && plan.refused.is_none() {
-        for id in plan.removals() {
+    if request.apply && blocked.is_none() {
+        for id in plans.iter().flat_map(|(_, p)| p.removals()) {
             prune::remove_backup(repo, id).map_err(convert::repo_error)?;
             tracing::info!(backup = %id, "retention removed a backup");
             removed.push(convert::backup_id(id)?);
         }
     }
+    let mut merged = RetentionPlan {
+        keep: Vec::new(),
+        remove: Vec::new(),
+        blocked,
+    };
+    for (vcenter, plan) in &plans {
+        let mut one = view(plan)?;
+        if plans.len() > 1 {
+            for d in one.keep.iter_mut().chain(one.remove.iter_mut()) {
+                d.reasons.push(format!(
+                    "rules applied to the backups read through {vcenter} on their own"
+                ));
+            }
+        }
+        merged.keep.append(&mut one.keep);
+        merged.remove.append(&mut one.remove);
+    }
+    merged.keep.sort_by_key(|d| std::cmp::Reverse(d.taken));
+    merged.remove.sort_by_key(|d| std::cmp::Reverse(d.taken));
     Ok(RetentionOutcome {
-        plan: view(&plan)?,
+        plan: merged,
         removed,
     })
 }
