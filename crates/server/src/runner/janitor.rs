@@ -72,13 +72,22 @@ impl Runner {
                     if stop.is_cancelled() {
                         return left;
                     }
-                    let (finished, other) = self.owners(&vm).await;
-                    if finished.is_empty() || !other.is_empty() {
+                    let Owners {
+                        finished,
+                        active,
+                        foreign,
+                    } = self.owners(&vm).await;
+                    if !foreign.is_empty() {
                         tracing::warn!(
-                            vcenter = %vc.name, vm = %vm.name, snapshots = ?other,
-                            "vbm snapshot(s) of runs this server does not know or that are still active: the VM is left alone"
+                            vcenter = %vc.name, vm = %vm.name, snapshots = ?foreign,
+                            "vbm snapshot(s) of runs this server does not know: the VM is left alone"
                         );
-                        left += vm.vbm_snapshots.len() as u64;
+                        left += (vm.vbm_snapshots.len() - active) as u64;
+                        continue;
+                    }
+                    // A backup in progress: the next sweep looks again.
+                    if finished.is_empty() || active > 0 {
+                        left += finished.len() as u64;
                         continue;
                     }
                     let Some(_lock) = self
@@ -113,7 +122,7 @@ impl Runner {
                         self.log(run, level, message).await;
                     }
                     if swept.is_err() {
-                        left += vm.vbm_snapshots.len() as u64;
+                        left += finished.len() as u64;
                     }
                 }
             }
@@ -124,31 +133,42 @@ impl Runner {
         }
     }
 
-    /// The finished runs of this server whose snapshots the VM carries, and the names of the
-    /// `vbm-*` snapshots of runs it does not know or that are still active.
-    async fn owners(&self, vm: &VmSummary) -> (Vec<RunId>, Vec<String>) {
-        let mut finished = Vec::new();
-        let mut other = Vec::new();
+    /// Whose `vbm-*` snapshots the VM carries.
+    async fn owners(&self, vm: &VmSummary) -> Owners {
+        let mut owners = Owners::default();
         for snapshot in &vm.vbm_snapshots {
             let run = snapshot
                 .name
                 .strip_prefix(vbm_engine::SNAPSHOT_PREFIX)
                 .and_then(|id| RunId::parse(id).ok());
-            let over = match &run {
+            let status = match &run {
                 Some(id) => self
                     .inner
                     .ctx
                     .db
                     .run_get(id.clone())
                     .await
-                    .is_ok_and(|r| r.status.is_terminal()),
-                None => false,
+                    .ok()
+                    .map(|r| r.status),
+                None => None,
             };
-            match run {
-                Some(id) if over => finished.push(id),
-                _ => other.push(snapshot.name.clone()),
+            match (run, status) {
+                (Some(id), Some(s)) if s.is_terminal() => owners.finished.push(id),
+                (Some(_), Some(_)) => owners.active += 1,
+                _ => owners.foreign.push(snapshot.name.clone()),
             }
         }
-        (finished, other)
+        owners
     }
+}
+
+/// The `vbm-*` snapshots of one VM by owner.
+#[derive(Debug, Default)]
+struct Owners {
+    /// Runs of this server that are over: their snapshots are leftovers.
+    finished: Vec<RunId>,
+    /// Snapshots of this server's queued or running runs (a backup in progress).
+    active: usize,
+    /// Snapshots of runs this server does not know (command line, another server).
+    foreign: Vec<String>,
 }
